@@ -1,0 +1,121 @@
+"""The completion event: the public contract users subscribe to.
+
+Published once per job when it ends, after its manifest is durable. Delivery is at-least-once (a crash
+between publishing and recording the publication republishes it): `event_id` is stable per job, so a
+subscriber can drop a repeat. Schema: `docs/completion-event.schema.json`; `schema_version` changes only
+with a breaking change.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from shared.domain.jobs import Job, JobState
+
+__all__ = ["SCHEMA_VERSION", "CompletionEvent", "completion_event_for"]
+
+SCHEMA_VERSION = "1"
+
+EventStatus = Literal["SUCCEEDED", "PARTIALLY_SUCCEEDED", "FAILED", "CANCELLED"]
+
+
+class EventSource(BaseModel):
+    bucket: str
+    name: str
+    generation: str
+
+
+class EventOutput(BaseModel):
+    manifest: str
+    embeddings: list[str]
+    parquet: list[str] = []
+    errors: str | None = None
+
+
+class EventCounts(BaseModel):
+    total: int
+    succeeded: int
+    failed: int
+    input_problems: int = 0
+
+
+class EventError(BaseModel):
+    code: str
+    message: str
+
+
+class CompletionEvent(BaseModel):
+    schema_version: str = SCHEMA_VERSION
+    event_id: str
+    job_id: str
+    status: EventStatus
+    source: EventSource
+    output: EventOutput | None = None
+    counts: EventCounts
+    success_rate: float | None = None
+    low_success_rate: bool = False
+    model: str | None = None
+    dimensions: int | None = None
+    task_type: str | None = None
+    error: EventError | None = None
+    completed_at: datetime
+
+    def data(self) -> bytes:
+        return json.dumps(self.model_dump(mode="json", exclude_none=True), separators=(",", ":")).encode()
+
+    def attributes(self) -> dict[str, str]:
+        """Pub/Sub attributes, for subscription filters. Values are capped at Pub/Sub's 1,024 bytes."""
+        return {
+            "job_id": self.job_id,
+            "event_id": self.event_id,
+            "status": self.status,
+            "source_bucket": self.source.bucket,
+            "source_name": _cap_utf8(self.source.name, 1024),
+            "schema_version": self.schema_version,
+        }
+
+
+def completion_event_for(job: Job, low_success_threshold: float) -> CompletionEvent:
+    """The event announcing `job`'s end. The job must be terminal and carry its `event_id`."""
+    if not job.terminal or job.event_id is None:
+        raise ValueError(f"job {job.job_id} is {job.state}: only an ended job has a completion event")
+    output = None
+    if job.output and job.output.manifest:
+        output = EventOutput(
+            manifest=job.output.manifest, embeddings=job.output.embeddings,
+            parquet=job.output.parquet, errors=job.output.errors,
+        )
+    options = job.options
+    low = (
+        job.state in (JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED)
+        and job.success_rate is not None and job.success_rate < low_success_threshold
+    )
+    return CompletionEvent(
+        event_id=job.event_id,
+        job_id=job.job_id,
+        status=job.state.value,
+        source=EventSource(bucket=job.source.bucket, name=job.source.name, generation=job.source.generation),
+        output=output,
+        counts=EventCounts(
+            total=job.counts.total, succeeded=job.counts.succeeded,
+            failed=job.counts.failed, input_problems=job.counts.input_problems,
+        ),
+        success_rate=job.success_rate,
+        low_success_rate=low,
+        model=options.model if options else None,
+        dimensions=options.output_dimensionality if options else None,
+        task_type=options.task_type.value if options else None,
+        error=EventError(code=job.error.code, message=job.error.message) if job.error else None,
+        completed_at=job.completed_at or job.updated_at,
+    )
+
+
+def _cap_utf8(text: str, limit: int) -> str:
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode(errors="ignore")
