@@ -180,6 +180,12 @@ class Shard(BaseModel):
     provider_error: ErrorInfo | None = None
     output: ShardOutput | None = None
 
+    def abandon(self, error: ErrorInfo) -> None:
+        """Give up on the shard: no results of it will be written, so every item counts as failed."""
+        self.state = ShardState.ABANDONED
+        self.provider_error = error
+        self.succeeded = self.failed = self.pending = 0
+
     def tag(self, job_id: str) -> str:
         """The suffix of the batch's display name that finds it again after a crash."""
         return f"[{job_id}/s{self.index}a{self.batch_attempts}]"
@@ -260,7 +266,8 @@ class Job(BaseModel):
         self.updated_at = now
         if state in TERMINAL_JOB_STATES:
             self.completed_at = self.completed_at or now
-            self.next_poll_at = None
+            # Due at once until its event is published: the poller publishes it if the ender crashed.
+            self.next_poll_at = now
 
     def fail(self, code: str, message: str, now: datetime) -> None:
         self.error = ErrorInfo(code=code, message=message, at=now)
@@ -286,7 +293,7 @@ class Job(BaseModel):
             if shard.index not in retried_from:
                 failed += shard.failed
             if shard.state == ShardState.ABANDONED:
-                failed += shard.request_count - shard.succeeded - shard.failed
+                failed += shard.request_count
         self.counts.succeeded = succeeded
         self.counts.failed = failed
         total = self.counts.total

@@ -1,0 +1,56 @@
+# The two commands users need: `make run` (the demo on the local stack) and `make test` (the whole suite).
+# Everything sets itself up on first use: a virtualenv in .venv with the project and its extras.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+export PYTHONPATH := $(CURDIR)
+
+.PHONY: setup test unit integration lint run up down status gemini-emulator bench package deploy clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required (found %s)" % sys.version.split()[0])'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,emulator,cli]'
+	touch $(STAMP)
+
+test: setup lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: setup
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check shared functions infra tests
+
+run: setup
+	$(PY) -m infra.local.demo
+
+up: setup
+	$(PY) -m infra.local.stack up
+
+down:
+	$(PY) -m infra.local.stack down
+
+status:
+	$(PY) -m infra.local.stack status
+
+GEMINI_EMULATOR_PORT ?= 8090
+gemini-emulator: setup
+	$(PY) -m infra.local.gemini_emulator --host 127.0.0.1 --port $(GEMINI_EMULATOR_PORT)
+
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,41 @@
+"""Wiring: the real adapters, built once per process on first use and reused across invocations."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from shared.config import Settings, get_settings
+from shared.logging import configure_logging, register_secret
+from shared.services.context import Context
+
+__all__ = ["build_context", "context"]
+
+
+def build_context(settings: Settings) -> Context:
+    """A context over Firestore, Cloud Storage, Pub/Sub and the Gemini API, as `settings` say."""
+    from google.cloud import firestore, pubsub_v1, storage
+
+    from shared.adapters.firestore_jobs import FirestoreJobRepository
+    from shared.adapters.gcs_blobs import GcsBlobStore
+    from shared.adapters.gemini_provider import GeminiBatchProvider
+    from shared.adapters.pubsub_publisher import PubSubPublisher
+    from shared.gemini import GeminiClient
+
+    project = settings.google_cloud_project
+    return Context(
+        jobs=FirestoreJobRepository(firestore.Client(project=project), settings.jobs_collection),
+        blobs=GcsBlobStore(storage.Client(project=project)),
+        provider=GeminiBatchProvider(GeminiClient.from_settings(settings)),
+        publisher=PubSubPublisher(pubsub_v1.PublisherClient(), project),
+        settings=settings,
+    )
+
+
+@lru_cache(maxsize=1)
+def context() -> Context:
+    """The process's context. Functions call it per invocation; clients are created on the first call."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.google_cloud_project)
+    register_secret(settings.gemini_api_key.get_secret_value())
+    register_secret(settings.poller_token.get_secret_value())
+    return build_context(settings)

@@ -1,0 +1,87 @@
+"""Where a job's files go. Every file of a job lives under its own prefix, derived from the source.
+
+`{OUTPUT_PREFIX}{safe source name}/{generation}/` in the output bucket, where the safe name keeps the
+source's folders but escapes the segments a file system would treat specially (`.`, `..`, empty) and
+caps the length (object names are at most 1,024 bytes), appending a short hash when it had to cut. So
+two sources never share a prefix, and no name, however hostile, writes outside its job's prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from shared.domain.jobs import SourceObject
+
+__all__ = ["JobPaths", "parse_gs_uri"]
+
+_MAX_NAME_BYTES = 400
+
+
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    """`gs://bucket/name` -> (bucket, name)."""
+    if not uri.startswith("gs://"):
+        raise ValueError(f"not a gs:// URI: {uri!r}")
+    bucket, _, name = uri[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"no bucket in {uri!r}")
+    return bucket, name
+
+
+def _safe_segment(segment: str) -> str:
+    if segment in ("", ".", ".."):
+        return "%" + segment.encode().hex() if segment else "%"
+    return segment
+
+
+def safe_name(name: str) -> str:
+    safe = "/".join(_safe_segment(s) for s in name.split("/"))
+    encoded = safe.encode()
+    if len(encoded) <= _MAX_NAME_BYTES:
+        return safe
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return encoded[: _MAX_NAME_BYTES - 13].decode(errors="ignore") + "~" + digest
+
+
+@dataclass(frozen=True, slots=True)
+class JobPaths:
+    """The URIs of one job's outputs and staging files."""
+
+    prefix: str  # gs://bucket/path/ (ends with a slash)
+
+    @classmethod
+    def for_source(cls, source: SourceObject, output_bucket: str, output_prefix: str) -> JobPaths:
+        base = output_prefix.strip("/")
+        path = f"{base}/" if base else ""
+        return cls(f"gs://{output_bucket}/{path}{safe_name(source.name)}/{source.generation}/")
+
+    @property
+    def staging(self) -> str:
+        return self.prefix + "_staging/"
+
+    def requests(self, shard: int) -> str:
+        return f"{self.staging}requests-{shard:05d}.jsonl"
+
+    def records(self, shard: int) -> str:
+        return f"{self.staging}records-{shard:05d}.jsonl"
+
+    def failed_items(self, shard: int) -> str:
+        return f"{self.staging}failed-{shard:05d}.jsonl"
+
+    def embeddings(self, shard: int) -> str:
+        return f"{self.prefix}embeddings-{shard:05d}.jsonl"
+
+    def parquet(self, shard: int) -> str:
+        return f"{self.prefix}embeddings-{shard:05d}.parquet"
+
+    @property
+    def errors(self) -> str:
+        return self.prefix + "errors.jsonl"
+
+    @property
+    def input_errors(self) -> str:
+        return self.prefix + "input-errors.jsonl"
+
+    @property
+    def manifest(self) -> str:
+        return self.prefix + "manifest.json"

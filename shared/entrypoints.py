@@ -1,0 +1,82 @@
+"""What the functions share at the edge: reading triggers, and turning errors into transport answers.
+
+An event function that raises is retried (Eventarc / Pub/Sub redeliver); one that returns is done. So:
+`TransientError` and unexpected errors raise; `PermanentError` and malformed (poison) events are logged
+and acknowledged, never retried forever.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from shared.domain.jobs import SourceObject
+from shared.errors import PermanentError, TransientError
+from shared.logging import bind, get_logger, trace_from_header
+
+__all__ = ["PoisonEvent", "handle_event", "pubsub_payload", "storage_object"]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class PoisonEvent(PermanentError):
+    """An event that no retry can make readable."""
+
+    code = "POISON_EVENT"
+
+
+def storage_object(data: Any) -> SourceObject:
+    """The `google.cloud.storage.object.v1.finalized` payload (a Cloud Storage object resource)."""
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:
+            raise PoisonEvent(f"storage event data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise PoisonEvent(f"storage event data is a {type(data).__name__}, not an object resource")
+    try:
+        return SourceObject(
+            bucket=data["bucket"],
+            name=data["name"],
+            generation=str(data["generation"]),
+            size=int(data.get("size") or 0),
+            content_type=data.get("contentType"),
+            content_encoding=data.get("contentEncoding"),
+            metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
+        )
+    except (KeyError, TypeError, ValueError, ValidationError) as exc:
+        raise PoisonEvent(f"storage event lacks a valid object resource ({type(exc).__name__}: {exc})") from None
+
+
+def pubsub_payload(data: Any) -> dict[str, Any]:
+    """The JSON object inside a `google.cloud.pubsub.topic.v1.messagePublished` event's message."""
+    try:
+        encoded = data["message"]["data"]
+        payload = json.loads(base64.b64decode(encoded, validate=True))
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise PoisonEvent(f"Pub/Sub event carries no JSON message ({type(exc).__name__})") from None
+    if not isinstance(payload, dict):
+        raise PoisonEvent("Pub/Sub message is not a JSON object")
+    return payload
+
+
+def handle_event(event_id: str | None, trace_header: str | None, work: Callable[[], T]) -> T | None:
+    """Run `work` for one event; raise only for what a retry can fix."""
+    with bind(event_id=event_id, trace=trace_from_header(trace_header)):
+        try:
+            return work()
+        except TransientError as exc:
+            log.warning(f"will retry: {exc}", code=exc.code)
+            raise
+        except PermanentError as exc:
+            log.error(f"dropped: {exc}", code=exc.code)
+            return None
+        except Exception:
+            log.exception("unexpected error; the event will be retried")
+            raise

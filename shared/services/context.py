@@ -1,0 +1,32 @@
+"""What every use case is given: the ports, the settings, a clock, and a lease owner id."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from shared.config import Settings
+from shared.ports import BatchProvider, BlobStore, JobRepository, MessagePublisher
+
+__all__ = ["Context", "utc_now"]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Context:
+    jobs: JobRepository
+    blobs: BlobStore
+    provider: BatchProvider
+    publisher: MessagePublisher
+    settings: Settings
+    clock: Callable[[], datetime] = utc_now
+    owner: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def for_invocation(self) -> Context:
+        """A copy with a fresh lease owner: each delivery is its own worker, even in one process."""
+        return replace(self, owner=uuid.uuid4().hex)

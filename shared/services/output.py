@@ -1,0 +1,176 @@
+"""Writing one shard's results: L2-normalised vectors to JSONL and Parquet, failed items aside.
+
+Results stream from the provider in blocks; each block is normalised at once (numpy) and appended to
+both files, so memory holds one block of vectors plus the shard's key -> id map, whatever the result size.
+Output files have fixed names per shard: writing a shard again writes the same files.
+
+`embeddings-N.jsonl`: one line per item, `{"id", "embedding", ...metadata}` (Vertex AI Vector Search's
+import layout; metadata keys named `id` or `embedding` are written as `metadata_id`, `metadata_embedding`).
+`embeddings-N.parquet`: `id` string, `embedding` fixed_size_list<float32>[dims], `title` if any, then one
+string column per metadata key of the shard (non-string values JSON-encoded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shared.domain.jobs import ErrorInfo, FileRef, Shard, ShardOutput
+from shared.domain.paths import JobPaths
+from shared.ports import ItemResult
+from shared.logging import get_logger
+from shared.services.context import Context
+
+__all__ = ["BLOCK_ROWS", "load_records", "write_shard_output"]
+
+log = get_logger(__name__)
+
+BLOCK_ROWS = 2048
+_RESERVED = ("id", "embedding")
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+
+
+def load_records(ctx: Context, uri: str) -> dict[str, _Item]:
+    """The key -> (id, title, metadata) map of one shard's staged records."""
+    records: dict[str, _Item] = {}
+    with ctx.blobs.open_read(uri) as stream:
+        for line in stream:
+            if line.strip():
+                row = orjson.loads(line)
+                records[row["key"]] = _Item(row["id"], row.get("title"), row.get("metadata") or {})
+    return records
+
+
+def _jsonl_row(item: _Item, vector: np.ndarray) -> bytes:
+    row: dict[str, Any] = {"id": item.id, "embedding": vector}
+    for key, value in item.metadata.items():
+        row[f"metadata_{key}" if key in _RESERVED else key] = value
+    return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+
+
+def _column_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return orjson.dumps(value).decode()
+
+
+class _ParquetSink:
+    def __init__(self, stream: Any, dims: int, records: dict[str, _Item]):
+        self.dims = dims
+        self.with_title = any(item.title for item in records.values())
+        self.columns = sorted({key for item in records.values() for key in item.metadata})
+        fields = [pa.field("id", pa.string(), nullable=False), pa.field("embedding", pa.list_(pa.float32(), dims))]
+        if self.with_title:
+            fields.append(pa.field("title", pa.string()))
+        fields += [pa.field(name, pa.string()) for name in self.columns]
+        self.schema = pa.schema(fields)
+        self.writer = pq.ParquetWriter(stream, self.schema, compression="zstd")
+
+    def write(self, items: list[_Item], vectors: np.ndarray) -> None:
+        arrays = [
+            pa.array([item.id for item in items], pa.string()),
+            pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dims),
+        ]
+        if self.with_title:
+            arrays.append(pa.array([item.title for item in items], pa.string()))
+        arrays += [pa.array([_column_text(item.metadata.get(c)) for item in items], pa.string()) for c in self.columns]
+        self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _blocks(results: Iterator[ItemResult], size: int) -> Iterator[list[ItemResult]]:
+    block: list[ItemResult] = []
+    for result in results:
+        block.append(result)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -> ShardOutput:
+    """Fetch, normalise and write one SUCCEEDED shard's results. Returns what was written.
+
+    An item fails (into `failed-N.jsonl`) when the provider reports an error for it, when its vector has
+    the wrong dimensions or is all zeros (it cannot be normalised), or when its key is unknown.
+    """
+    records = load_records(ctx, shard.records_uri)
+    succeeded = 0
+    done: set[str] = set()  # keys with a result, good or failed
+    failed_keys: list[str] = []
+    with ExitStack() as files:
+        jsonl = files.enter_context(ctx.blobs.open_write(paths.embeddings(shard.index), "application/jsonl"))
+        parquet_stream = files.enter_context(ctx.blobs.open_write(paths.parquet(shard.index), "application/vnd.apache.parquet"))
+        failures = files.enter_context(ctx.blobs.open_write(paths.failed_items(shard.index), "application/jsonl"))
+
+        def fail(key: str, error: ErrorInfo) -> None:
+            failures.write(orjson.dumps({"key": key, "code": error.code, "message": error.message}) + b"\n")
+            failed_keys.append(key)
+
+        parquet = _ParquetSink(parquet_stream, dims, records)
+        for block in _blocks(ctx.provider.iter_results(shard.batch_name), BLOCK_ROWS):
+            good: list[_Item] = []
+            vectors: list[np.ndarray] = []
+            for result in block:
+                item = records.get(result.key)
+                if item is None or result.key in done:
+                    log.warning("ignored a result for an unknown or repeated key", key=result.key[:100], shard=shard.index)
+                    continue
+                done.add(result.key)
+                problem = _problem(result, dims)
+                if problem is not None:
+                    fail(result.key, problem)
+                    continue
+                good.append(item)
+                vectors.append(np.asarray(result.values, dtype=np.float32))
+            if not good:
+                continue
+            matrix = np.vstack(vectors)
+            matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+            jsonl.write(b"".join(_jsonl_row(item, row) for item, row in zip(good, matrix, strict=True)))
+            parquet.write(good, matrix)
+            succeeded += len(good)
+        for key in sorted(records.keys() - done, key=int):
+            fail(key, ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
+        parquet.close()
+    failed = len(failed_keys)
+    return ShardOutput(
+        embeddings=_ref(ctx, paths.embeddings(shard.index), succeeded),
+        parquet=_ref(ctx, paths.parquet(shard.index), succeeded),
+        failed_items_uri=paths.failed_items(shard.index) if failed else None,
+        succeeded=succeeded,
+        failed=failed,
+    )
+
+
+def _problem(result: ItemResult, dims: int) -> ErrorInfo | None:
+    if result.error is not None:
+        return result.error
+    if result.values is None or len(result.values) != dims:
+        got = 0 if result.values is None else len(result.values)
+        return ErrorInfo(code="DIMENSION_MISMATCH", message=f"expected {dims} dimensions, got {got}")
+    if not any(result.values):
+        return ErrorInfo(code="ZERO_VECTOR", message="the provider returned an all-zero vector, which cannot be normalised")
+    return None
+
+
+def _ref(ctx: Context, uri: str, rows: int) -> FileRef:
+    info = ctx.blobs.stat(uri)
+    return FileRef(uri=uri, size=info.size if info else 0, crc32c=info.crc32c if info else None,
+                   md5=info.md5 if info else None, rows=rows)

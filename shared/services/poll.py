@@ -1,0 +1,201 @@
+"""Poll: move every due job one step forward. Called by Cloud Scheduler through the poller function.
+
+Reads only due jobs (one indexed query), bounded by count and time; one lease per job, so overlapping
+runs never work on one job twice; one job's error never stops the run. Each job is moved along:
+- RUNNING: refresh its batches; retry a batch the provider failed or expired while attempts remain,
+  else abandon it; past the job's deadline, stop what still runs; when no batch is left running, hand
+  the job to `complete` (a message on the complete topic).
+- SUBMITTING, untouched for a while: resume the submission (the submit deliveries gave up or died).
+- COMPLETING, untouched for a while: hand it to `complete` again.
+- ended with its event unpublished: publish it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
+
+from shared.domain.jobs import (
+    SHARD_IN_FLIGHT,
+    SHARD_PROVIDER_FAILED,
+    ErrorInfo,
+    Job,
+    JobState,
+    ShardState,
+)
+from shared.domain.schedule import next_poll_at
+from shared.errors import PermanentError, TransientError
+from shared.logging import bind, get_logger
+from shared.services.batches import adopt, ensure_batch
+from shared.services.cancel import cancel_held
+from shared.services.context import Context
+from shared.services.finish import publish_completion
+from shared.services.leasing import LeaseHeld, leased, save
+from shared.services.submit import resume_submission
+
+__all__ = ["PollSummary", "hand_to_complete", "poll_due_jobs", "poll_job"]
+
+log = get_logger(__name__)
+
+
+@dataclass
+class PollSummary:
+    due: int = 0
+    polled: int = 0
+    handed_to_complete: int = 0
+    resubmitted: int = 0
+    events_published: int = 0
+    skipped_leased: int = 0
+    errors: int = 0
+    out_of_time: bool = False
+    seconds: float = 0.0
+    job_errors: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def poll_due_jobs(ctx: Context) -> PollSummary:
+    """One scheduler tick: every due job, until the count or time budget runs out."""
+    started = time.monotonic()
+    settings = ctx.settings
+    summary = PollSummary()
+    jobs = ctx.jobs.due(ctx.clock(), settings.poll_max_jobs)
+    summary.due = len(jobs)
+    for job in jobs:
+        if time.monotonic() - started > settings.poll_time_budget_seconds:
+            summary.out_of_time = True
+            break
+        with bind(job_id=job.job_id):
+            try:
+                step = poll_job(ctx.for_invocation(), job.job_id)
+                summary.polled += 1
+                summary.handed_to_complete += step == "handed_to_complete"
+                summary.resubmitted += step == "resubmitted"
+                summary.events_published += step == "event_published"
+            except LeaseHeld:
+                summary.skipped_leased += 1
+            except Exception as exc:  # noqa: BLE001 - one job's error never stops the run
+                summary.errors += 1
+                summary.job_errors.append({"job_id": job.job_id, "error": type(exc).__name__, "message": str(exc)[:300]})
+                log.warning("poll failed for job", exc_info=True)
+                _note_failure(ctx, job.job_id, exc)
+    summary.seconds = round(time.monotonic() - started, 3)
+    log.info("poll run", **summary.to_dict())
+    return summary
+
+
+def poll_job(ctx: Context, job_id: str) -> str:
+    """Move one job forward; returns what was done. Raises LeaseHeld when another worker has it."""
+    with leased(ctx, job_id) as job:
+        if job.terminal:
+            publish_completion(ctx, job)
+            return "event_published"
+        if job.cancel_requested:
+            cancel_held(ctx, job)
+            return "cancelled"
+        now = ctx.clock()
+        idle = now - job.updated_at
+        if job.state == JobState.SUBMITTING:
+            if idle < timedelta(minutes=ctx.settings.submit_stale_minutes):
+                return _reschedule(ctx, job, minutes=ctx.settings.submit_stale_minutes)
+        elif job.state == JobState.COMPLETING:
+            if idle >= timedelta(minutes=ctx.settings.complete_stale_minutes):
+                hand_to_complete(ctx, job)
+                return "handed_to_complete"
+            return _reschedule(ctx, job, minutes=ctx.settings.complete_stale_minutes)
+    if job.state == JobState.SUBMITTING:
+        resume_submission(ctx, job_id)
+        return "resubmitted"
+    with leased(ctx, job_id) as job:
+        if job.state != JobState.RUNNING:
+            return "skipped"
+        return _advance_running(ctx, job)
+
+
+def _advance_running(ctx: Context, job: Job) -> str:
+    now = ctx.clock()
+    past_deadline = job.deadline_at is not None and now >= job.deadline_at
+    before = job.model_dump_json()
+    for shard in job.shards:
+        if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
+            if past_deadline:
+                _stop_batch(ctx, shard.batch_name)
+                shard.abandon(ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline"))
+                continue
+            adopt(shard, ctx.provider.get_batch(shard.batch_name))
+        if shard.state in SHARD_PROVIDER_FAILED:
+            if shard.batch_attempts < ctx.settings.max_batch_attempts and not past_deadline:
+                log.warning("retrying a batch the provider ended without results", shard=shard.index,
+                            state=shard.state.value, attempt=shard.batch_attempts)
+                shard.state = ShardState.STAGED
+                shard.batch_name = None
+                shard.input_file = None  # uploaded files expire: upload again
+            else:
+                shard.abandon(shard.provider_error or ErrorInfo(code=shard.state.value, message=f"the provider ended the batch {shard.state.value}"))
+    for shard in job.shards:
+        if shard.state in (ShardState.STAGED, ShardState.CREATING) and not past_deadline:
+            try:
+                ensure_batch(ctx, job, shard)
+            except PermanentError as exc:
+                shard.abandon(ErrorInfo(code=exc.code, message=f"the provider refused the batch: {exc.message}"))
+        elif shard.state in (ShardState.STAGED, ShardState.CREATING):
+            shard.abandon(ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline"))
+    job.refresh_counts()
+    job.poll_failures = 0
+    if all(s.state in (ShardState.SUCCEEDED, ShardState.WRITTEN, ShardState.ABANDONED) for s in job.shards):
+        job.move_to(JobState.COMPLETING, now)
+        hand_to_complete(ctx, job)
+        return "handed_to_complete"
+    job.next_poll_at = next_poll_at(
+        now, size=job.counts.total, age_seconds=(now - (job.submitted_at or job.created_at)).total_seconds(),
+        minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
+    )
+    save(ctx, job)
+    return "progressed" if job.model_dump_json() != before else "unchanged"
+
+
+def hand_to_complete(ctx: Context, job: Job) -> None:
+    """Publish the job's id on the complete topic; `complete` takes it from there. Saves the job."""
+    job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.complete_stale_minutes)
+    save(ctx, job)
+    ctx.publisher.publish(
+        ctx.settings.complete_topic, json.dumps({"job_id": job.job_id}).encode(), {"job_id": job.job_id},
+    )
+    log.info("handed to complete", state=job.state.value)
+
+
+def _reschedule(ctx: Context, job: Job, minutes: float) -> str:
+    job.next_poll_at = ctx.clock() + timedelta(minutes=minutes)
+    save(ctx, job)
+    return "rescheduled"
+
+
+def _stop_batch(ctx: Context, name: str) -> None:
+    try:
+        ctx.provider.cancel_batch(name)
+    except Exception:  # noqa: BLE001 - best effort; the shard is abandoned either way
+        log.warning("could not cancel batch", batch=name, exc_info=True)
+
+
+def _note_failure(ctx: Context, job_id: str, exc: Exception) -> None:
+    """Back the job off after an error, so a failing job is not hammered every tick."""
+    now = ctx.clock()
+
+    def back_off(job: Job) -> None:
+        job.poll_failures += 1
+        job.last_error = ErrorInfo(
+            code=getattr(exc, "code", type(exc).__name__), message=str(exc)[:500], at=now,
+        )
+        if job.next_poll_at is not None:
+            job.next_poll_at = next_poll_at(
+                now, size=job.counts.total, age_seconds=0, failures=job.poll_failures,
+                minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
+            )
+
+    try:
+        ctx.jobs.update(job_id, back_off)
+    except (TransientError, PermanentError):
+        log.warning("could not record the poll failure", exc_info=True)
