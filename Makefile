@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test unit integration lint run up down status gemini-emulator bench package deploy clean
+.PHONY: setup test unit integration lint run up down status env gemini-emulator bench package deploy clean
 
 setup: $(STAMP)
 
@@ -36,8 +36,9 @@ lint: setup
 run: setup
 	$(PY) -m infra.local.demo
 
+UP_ARGS ?=
 up: setup
-	$(PY) -m infra.local.stack up
+	$(PY) -m infra.local.stack up $(UP_ARGS)
 
 down:
 	$(PY) -m infra.local.stack down
@@ -45,7 +46,10 @@ down:
 status:
 	$(PY) -m infra.local.stack status
 
-GEMINI_EMULATOR_PORT ?= 8090
+env:
+	@$(PY) -m infra.local.stack env
+
+GEMINI_EMULATOR_PORT ?= 8203
 gemini-emulator: setup
 	$(PY) -m infra.local.gemini_emulator --host 127.0.0.1 --port $(GEMINI_EMULATOR_PORT)
 

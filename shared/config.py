@@ -47,7 +47,10 @@ class Settings(BaseSettings):
 
     # -- sharding ---------------------------------------------------------------------------------
     max_requests_per_batch: int = 50_000
-    inline_max_requests: int = 500  # inline results come back inside the operation: keep them small
+    # Inline batches answer inside the operation and (reported for the live API: python-genai #2008,
+    # js-genai #1191) may drop the request metadata that carries each key; a responses file always keys
+    # its lines and streams. So shards go through the Files API unless this allows small inline ones.
+    inline_max_requests: int = 0
     inline_max_bytes: int = 18 * MIB  # the API's inline limit is 20 MB for the whole request
     file_max_bytes: int = 1900 * MIB  # the API's input-file limit is 2 GB
     max_record_bytes: int = 1 * MIB  # one JSONL line / CSV row; longer ones are reported and skipped

@@ -181,6 +181,7 @@ class FakeBatchProvider(BatchProvider):
         self.create_errors: list[Exception] = []
         self.failing_texts: set[str] = set()
         self.crash_after_create: Exception | None = None
+        self.unreadable_results: Exception | None = None
         self._ids = itertools.count(1)
 
     def _count(self, name: str) -> None:
@@ -245,6 +246,8 @@ class FakeBatchProvider(BatchProvider):
 
     def iter_results(self, name: str) -> Iterator[ItemResult]:
         self._count("results")
+        if self.unreadable_results is not None:
+            raise self.unreadable_results
         b = self.batches[name]
         if b["state"] != ProviderState.SUCCEEDED:
             raise PermanentError(f"batch {name} is {b['state']}")

@@ -7,6 +7,8 @@ index (state, created_at desc) that `infra/terraform` declares.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -23,6 +25,9 @@ __all__ = ["FirestoreJobRepository"]
 
 T = TypeVar("T")
 
+_CONTENTION_ROUNDS = 12
+# The client raises ValueError once its own attempts at an aborted transaction are exhausted.
+_CONTENDED = (ValueError, gexc.Aborted)
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted, gexc.TooManyRequests)
 
 
@@ -85,10 +90,18 @@ class FirestoreJobRepository(JobRepository):
                 transaction.set(ref, after)
             return job, result
 
-        try:
-            return run(self._client.transaction(max_attempts=10))
-        except _TRANSIENT as exc:
-            raise TransientError(f"Firestore unavailable updating job {job_id}: {type(exc).__name__}") from exc
+        # Firestore retries an aborted transaction at once; under contention (several deliveries of one
+        # event at the same moment) that is not enough, so back off with jitter between rounds.
+        delay = 0.05
+        for _ in range(_CONTENTION_ROUNDS):
+            try:
+                return run(self._client.transaction(max_attempts=5))
+            except _CONTENDED:
+                time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 2.0)
+            except _TRANSIENT as exc:
+                raise TransientError(f"Firestore unavailable updating job {job_id}: {type(exc).__name__}") from exc
+        raise TransientError(f"job {job_id} is too contended to update now")
 
     def due(self, now: datetime, limit: int) -> list[Job]:
         query = (

@@ -20,6 +20,7 @@ import orjson
 from shared.domain.jobs import ErrorInfo, FileRef, Job, JobOutput, JobState, Shard, ShardMode, ShardState
 from shared.domain.paths import JobPaths
 from shared.domain.schedule import next_poll_at
+from shared.errors import PermanentError
 from shared.logging import get_logger
 from shared.services.batches import ensure_batch
 from shared.services.cancel import cancel_held
@@ -49,16 +50,27 @@ def complete_job(ctx: Context, job_id: str) -> str:
         paths = JobPaths.for_source(job.source, ctx.settings.output_bucket, ctx.settings.output_prefix)
         for shard in job.shards:
             if shard.state == ShardState.SUCCEEDED:
-                shard.output = write_shard_output(ctx, paths, shard, job.options.output_dimensionality)
-                shard.succeeded, shard.failed = shard.output.succeeded, shard.output.failed
-                shard.state = ShardState.WRITTEN
-                job.refresh_counts()
-                save(ctx, job)
-                log.info("shard written", shard=shard.index, succeeded=shard.succeeded, failed=shard.failed)
+                _write_shard(ctx, job, shard, paths)
         if _resubmit_failed_items(ctx, job, paths):
             return "resubmitted_failed_items"
         _finalize(ctx, job, paths)
         return job.state.value.lower()
+
+
+def _write_shard(ctx: Context, job: Job, shard: Shard, paths: JobPaths) -> None:
+    """Write one shard's results; a shard whose results cannot be read at all is abandoned, not retried
+    forever (a transient error still propagates, for a retry)."""
+    try:
+        shard.output = write_shard_output(ctx, paths, shard, job.options.output_dimensionality)
+    except PermanentError as exc:
+        log.error(f"results of shard {shard.index} are unreadable: {exc.message}", shard=shard.index, code=exc.code)
+        shard.abandon(ErrorInfo(code=exc.code, message=f"results unreadable: {exc.message}"))
+    else:
+        shard.succeeded, shard.failed = shard.output.succeeded, shard.output.failed
+        shard.state = ShardState.WRITTEN
+        log.info("shard written", shard=shard.index, succeeded=shard.succeeded, failed=shard.failed)
+    job.refresh_counts()
+    save(ctx, job)
 
 
 def final_state(job: Job) -> JobState:

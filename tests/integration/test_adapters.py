@@ -53,12 +53,12 @@ def test_updates_are_atomic_read_modify_writes(repo):
     def bump(job: Job) -> None:
         job.poll_failures += 1
 
-    threads = [threading.Thread(target=lambda: repo.update("job-2", bump)) for _ in range(6)]
+    threads = [threading.Thread(target=lambda: repo.update("job-2", bump)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert repo.get("job-2").poll_failures == 6
+    assert repo.get("job-2").poll_failures == 4
     with pytest.raises(NotFound):
         repo.update("nope", bump)
 

@@ -11,7 +11,7 @@ import pytest
 
 from shared.config import Settings
 from shared.domain.jobs import JobState, ShardMode, ShardState, SourceObject, job_id_for
-from shared.errors import TransientError
+from shared.errors import PermanentError, TransientError
 from shared.ports import ProviderState
 from shared.services.cancel import cancel_job
 from shared.services.complete import complete_job
@@ -70,7 +70,9 @@ def test_submit_creates_one_job_and_one_batch_per_shard(ctx):
     assert job.job_id == job_id_for(source.bucket, source.name, source.generation)
     assert job.state == JobState.RUNNING
     assert job.options.output_dimensionality == 256 and job.options.task_type == "SEMANTIC_SIMILARITY"
-    assert job.counts.total == 5 and len(job.shards) == 1 and job.shards[0].mode == ShardMode.INLINE
+    assert job.counts.total == 5 and len(job.shards) == 1
+    assert job.shards[0].mode == ShardMode.FILE, "responses files key every line: the default for every shard"
+    assert ctx.provider.calls["upload"] == 1
     assert job.estimate.input_tokens > 0 and job.estimate.cost_interactive_usd == pytest.approx(2 * job.estimate.cost_batch_usd)
     assert ctx.provider.calls["create"] == 1
     assert job.shards[0].batch_name in ctx.provider.batches
@@ -225,6 +227,15 @@ def test_an_item_that_succeeds_on_resubmission_counts_once(ctx):
     [event] = ctx.publisher.on(EVENTS)
     ids = [orjson.loads(line)["id"] for uri in event["output"]["embeddings"] for line in ctx.blobs.read(uri).splitlines()]
     assert sorted(ids) == [f"doc-{i}" for i in range(4)]
+
+
+def test_a_shard_whose_results_cannot_be_read_is_abandoned_not_retried_forever(ctx):
+    result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2)))
+    ctx.provider.unreadable_results = PermanentError("inline results carry no keys")
+    run_until_ended(ctx, result.job_id)
+    job = ctx.jobs.get(result.job_id)
+    assert job.state == JobState.FAILED and "results unreadable: inline results carry no keys" in job.error.message
+    assert job.counts.failed == 2
 
 
 def test_a_batch_the_provider_fails_is_retried_then_abandoned():
