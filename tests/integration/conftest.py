@@ -1,0 +1,121 @@
+"""Fixtures of the integration tests: one local stack for the whole session, on free ports.
+
+- `stack`: the session's `LocalStack` (started once, stopped at the end even on failure; its state and
+  logs in `.local/pytest-PID/`). While it runs,
+  this process's environment points the official clients at it (`storage.Client()`,
+  `pubsub_v1.PublisherClient()`, `firestore.Client()` need no arguments) and holds its settings
+  (INPUT_BUCKET, POLLER_TOKEN, ...); the previous environment is restored afterwards.
+- `clean_stack`: the same stack after `reset()`: empty Firestore and buckets, no backlog, fresh emulator.
+- `gemini_emulator`: the stack's Gemini emulator (`.base_url`, `.api_key`, `.set_faults(dict)`,
+  `.clear_faults()`); its faults are cleared after each test.
+
+Knobs (environment variables): LOCAL_STACK_OVERRIDES, a JSON object of extra settings for the functions;
+LOCAL_STACK_WITHOUT, comma-separated parts not to start (e.g. `gemini,ticker`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from infra.local.stack import COMPONENTS, LocalStack, stop_orphaned
+
+ROOT = Path(__file__).resolve().parents[2]
+# Faster than the defaults, so tests wait less; still real retries and real ticks.
+TEST_OVERRIDES = {
+    "POLLER_TICK_SECONDS": "1",
+    "RELAY_MIN_BACKOFF_SECONDS": "0.2",
+    "RELAY_MAX_BACKOFF_SECONDS": "5",
+}
+# Settings of this process while the stack runs (the functions' settings plus where everything is).
+PROCESS_ENV_KEYS = (
+    "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST",
+    "GEMINI_API_BASE_URL", "GEMINI_API_KEY", "GEMINI_EMULATOR_ADMIN_URL",
+    "INPUT_BUCKET", "INPUT_PREFIX", "OUTPUT_BUCKET", "OUTPUT_PREFIX", "JOBS_COLLECTION",
+    "EVENTS_TOPIC", "COMPLETE_TOPIC", "GCS_NOTIFICATION_TOPIC", "POLLER_TOKEN",
+    "SUBMIT_URL", "POLLER_URL", "COMPLETE_URL", "STATUS_URL",
+)
+
+
+def _session_state_dir() -> Path:
+    """`.local/pytest-PID`: its logs stay there after the session. Stacks of earlier sessions that were
+    killed before they could stop theirs are stopped now, and ended sessions' directories removed
+    (never those of a session still running: several may run at once)."""
+    parent = ROOT / ".local"
+    parent.mkdir(exist_ok=True)
+    stop_orphaned(parent)
+    for old in parent.glob("pytest-*"):
+        pid = old.name.removeprefix("pytest-")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and not (old / "stack.json").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    return parent / f"pytest-{os.getpid()}"
+
+
+def _clear_settings_cache() -> None:
+    try:
+        from shared.config import get_settings
+    except ImportError:
+        return
+    get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    overrides = {**TEST_OVERRIDES, **json.loads(os.environ.get("LOCAL_STACK_OVERRIDES", "{}"))}
+    without = {name.strip() for name in os.environ.get("LOCAL_STACK_WITHOUT", "").split(",") if name.strip()}
+    components = [name for name in COMPONENTS if name not in without]
+    local = LocalStack(ROOT, overrides=overrides, components=components, state_dir=_session_state_dir())
+    local.start()
+    saved = {key: os.environ.get(key) for key in PROCESS_ENV_KEYS}
+    try:
+        os.environ.update({key: local.env[key] for key in PROCESS_ENV_KEYS if key in local.env})
+        _clear_settings_cache()
+        yield local
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _clear_settings_cache()
+        local.stop()
+
+
+@pytest.fixture
+def clean_stack(stack: LocalStack) -> LocalStack:
+    stack.reset()
+    return stack
+
+
+@dataclass(frozen=True)
+class GeminiEmulator:
+    """The Gemini API emulator's address, key and fault switch (its admin API under /_emulator)."""
+
+    base_url: str
+    api_key: str
+
+    def set_faults(self, faults: dict[str, Any]) -> None:
+        httpx.put(f"{self.base_url}/_emulator/faults", json=faults, timeout=10, trust_env=False).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.base_url}/_emulator/faults", timeout=10, trust_env=False).raise_for_status()
+
+
+@pytest.fixture
+def gemini_emulator(stack: LocalStack) -> Iterator[GeminiEmulator]:
+    if "gemini" not in stack.parts:
+        pytest.skip(f"no Gemini emulator in the stack: {stack.skipped.get('gemini', 'not selected')}")
+    emulator = GeminiEmulator(stack.env["GEMINI_API_BASE_URL"], stack.env["GEMINI_API_KEY"])
+    emulator.clear_faults()
+    try:
+        yield emulator
+    finally:
+        emulator.clear_faults()

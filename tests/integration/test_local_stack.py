@@ -1,0 +1,334 @@
+"""The local stack itself: it starts, answers, is wired as in the cloud, resets, and stops without a trace.
+
+The relay's CloudEvents are checked at a recording HTTP server (a second relay process on its own
+subscription); the stack's own wiring with the real functions that exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cloudevents.http import from_http
+from google.cloud import firestore, pubsub_v1, storage
+
+from infra.local.processes import ManagedProcess, answers, free_port, group_alive, wait_until
+from infra.local.stack import ENV_KEYS, FUNCTIONS, AlreadyRunning, LocalStack, parse_env_file, stop_orphaned
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+class Recorder:
+    """An HTTP server on 127.0.0.1 that records each POST; answers `fail_first` 503s, then 204s."""
+
+    def __init__(self, fail_first: int = 0):
+        self.requests: list[dict[str, Any]] = []
+        self.fail_first = fail_first
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    recorder.requests.append({"headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
+                    status = 503 if len(recorder.requests) <= recorder.fail_first else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    server = Recorder(fail_first=1)
+    yield server
+    server.close()
+
+
+def start_relay(stack: LocalStack, tmp_path: Path, kind: str, topic: str, url: str) -> tuple[ManagedProcess, str]:
+    """A second relay: its own subscription on `topic` (a full path), delivering to `url`."""
+    project = stack.env["GOOGLE_CLOUD_PROJECT"]
+    subscription = f"projects/{project}/subscriptions/test-relay-{uuid.uuid4().hex[:10]}"
+    subscriber = stack.subscriber_client()
+    subscriber.create_subscription(name=subscription, topic=topic)
+    subscriber.close()
+    port = free_port()
+    relay = ManagedProcess(
+        "test-relay",
+        [sys.executable, "-m", "infra.local.relay", f"--{kind}", f"{subscription}={url}", "--port", str(port),
+         "--min-backoff", "0.1", "--max-backoff", "1"],
+        tmp_path / "relay.log",
+        f"http://127.0.0.1:{port}/health",
+        env={"PYTHONPATH": str(ROOT), "PUBSUB_EMULATOR_HOST": stack.env["PUBSUB_EMULATOR_HOST"],
+             "GOOGLE_CLOUD_PROJECT": project},
+        cwd=ROOT,
+        inherit_env=False,
+    ).start()
+    relay.wait_ready(30)
+    return relay, subscription
+
+
+def delete_subscription(stack: LocalStack, subscription: str) -> None:
+    subscriber = stack.subscriber_client()
+    try:
+        subscriber.delete_subscription(subscription=subscription)
+    finally:
+        subscriber.close()
+
+
+def relay_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+# -- the session stack -----------------------------------------------------------------------------------
+
+
+def test_every_part_answers_and_the_env_file_holds_every_setting(stack: LocalStack):
+    env = parse_env_file(stack.env_path.read_text())
+    assert env == stack.env
+    missing = [key for key in ENV_KEYS if key not in env]
+    assert not missing
+    for name in FUNCTIONS:
+        assert (f"{name.upper()}_URL" in env) == (name in stack.parts)
+    urls = [value for key, value in env.items() if key.endswith("_URL") and key != "GEMINI_API_BASE_URL"]
+    urls += [f"http://{env['FIRESTORE_EMULATOR_HOST']}/", f"http://{env['PUBSUB_EMULATOR_HOST']}/",
+             f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b"]
+    if "gemini" in stack.parts:
+        urls.append(f"{env['GEMINI_API_BASE_URL']}/_emulator/health")
+    else:
+        urls.remove(env["GEMINI_EMULATOR_ADMIN_URL"])
+    silent = [url for url in urls if not answers(url, timeout=5)]
+    assert not silent, f"not answering: {silent}"
+    assert os.stat(stack.env_path).st_mode & 0o077 == 0, "the env file holds local secrets: owner only"
+    recorded = json.loads(stack.state_path.read_text())["processes"]
+    assert {name: rec["pid"] for name, rec in recorded.items()} == {name: p.pid for name, p in stack.parts.items()}
+    assert all(group_alive(part.pid) for part in stack.parts.values())
+
+
+def test_an_upload_reaches_the_target_as_eventarcs_storage_cloudevent_with_retry(clean_stack, recorder, tmp_path):
+    relay, subscription = start_relay(clean_stack, tmp_path, "storage",
+                                      clean_stack.topic_path("GCS_NOTIFICATION_TOPIC"), recorder.url)
+    try:
+        bucket = storage.Client().bucket(os.environ["INPUT_BUCKET"])
+        blob = bucket.blob(f"relay-test/{uuid.uuid4().hex} a.jsonl")  # outside INPUT_PREFIX: submit ignores it
+        blob.metadata = {"dimensions": "256"}
+        blob.upload_from_string(b'{"text": "hello"}\n', content_type="application/x-ndjson")
+
+        wait_until(lambda: len(recorder.requests) >= 2, 30, what="a failed delivery and its retry")
+    finally:
+        relay.stop()
+        delete_subscription(clean_stack, subscription)
+
+    first, second = recorder.requests[:2]
+    assert first["headers"]["ce-id"] == second["headers"]["ce-id"], "a retry is the same event"
+    assert first["body"] == second["body"]
+    headers, body = second["headers"], json.loads(second["body"])
+    bucket_name = os.environ["INPUT_BUCKET"]
+    assert headers["ce-specversion"] == "1.0"
+    assert headers["ce-type"] == "google.cloud.storage.object.v1.finalized"
+    assert headers["ce-source"] == f"//storage.googleapis.com/projects/_/buckets/{bucket_name}"
+    assert headers["ce-subject"] == f"objects/{blob.name}"
+    assert headers["ce-bucket"] == bucket_name
+    assert headers["ce-time"].endswith("Z")
+    assert headers["content-type"] == "application/json"
+    assert body["kind"] == "storage#object"
+    assert (body["bucket"], body["name"], body["generation"]) == (bucket_name, blob.name, str(blob.generation))
+    assert (body["size"], body["md5Hash"], body["crc32c"]) == (str(blob.size), blob.md5_hash, blob.crc32c)
+    assert body["metadata"] == {"dimensions": "256"} and body["metageneration"] == "1"
+    event = from_http(second["headers"], second["body"])  # what functions-framework will build
+    assert event["id"] == headers["ce-id"] and event.get_data() == body
+
+    lines = [entry for entry in relay_log(tmp_path / "relay.log") if entry.get("id") == headers["ce-id"]]
+    assert [(e["status"], e["outcome"], e["attempt"]) for e in lines] == [(503, "nack", 1), (204, "ack", 2)]
+    assert all(e["target"] == recorder.url and isinstance(e["ms"], int) for e in lines)
+
+
+def test_a_message_reaches_the_target_as_eventarcs_pubsub_cloudevent(clean_stack, recorder, tmp_path):
+    project = clean_stack.env["GOOGLE_CLOUD_PROJECT"]
+    topic = f"projects/{project}/topics/test-relay-{uuid.uuid4().hex[:10]}"
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=topic)
+    relay, subscription = start_relay(clean_stack, tmp_path, "pubsub", topic, recorder.url)
+    try:
+        message_id = publisher.publish(topic, b'{"job_id": "job-1"}', job_id="job-1").result(timeout=30)
+        wait_until(lambda: len(recorder.requests) >= 2, 30, what="a failed delivery and its retry")
+    finally:
+        relay.stop()
+        delete_subscription(clean_stack, subscription)
+        publisher.delete_topic(topic=topic)
+
+    headers, body = recorder.requests[1]["headers"], json.loads(recorder.requests[1]["body"])
+    assert headers["ce-id"] == message_id
+    assert headers["ce-type"] == "google.cloud.pubsub.topic.v1.messagePublished"
+    assert headers["ce-source"] == f"//pubsub.googleapis.com/{topic}"
+    assert headers["ce-specversion"] == "1.0" and headers["ce-time"].endswith("Z")
+    message = body["message"]
+    assert base64.b64decode(message["data"]) == b'{"job_id": "job-1"}'
+    assert message["attributes"] == {"job_id": "job-1"}
+    assert message["messageId"] == message["message_id"] == message_id
+    assert message["publishTime"] == message["publish_time"] == headers["ce-time"]
+    assert body["subscription"] == subscription
+
+
+def test_the_stacks_relay_delivers_uploads_to_the_real_submit_function(clean_stack):
+    if "submit" not in clean_stack.parts:
+        pytest.skip(clean_stack.skipped.get("submit", "submit not selected"))
+    name = f"wiring-test/{uuid.uuid4().hex}.txt"  # outside INPUT_PREFIX: submit acknowledges and ignores it
+    storage.Client().bucket(os.environ["INPUT_BUCKET"]).blob(name).upload_from_string(b"x")
+
+    def delivered() -> list[dict[str, Any]]:
+        return [d for d in clean_stack.relay_state()["recent"] if d.get("subject") == f"objects/{name}"]
+
+    wait_until(lambda: any(d["outcome"] == "ack" for d in delivered()), 30, what="the relay to deliver to submit")
+    assert delivered()[-1]["target"] == clean_stack.env["SUBMIT_URL"]
+
+
+def test_the_ticker_calls_the_poller_with_the_token(stack):
+    if "ticker" not in stack.parts:
+        pytest.skip(stack.skipped.get("ticker", "ticker not selected"))
+    start = stack.ticker_state()["ticks"]
+    wait_until(lambda: stack.ticker_state()["ticks"] >= start + 1, 30, what="a tick")
+    state = stack.ticker_state()
+    assert state["last_status"] == 200, state
+    assert isinstance(state["last_summary"], dict)
+    unauthorized = httpx.post(stack.env["POLLER_URL"], headers={"Authorization": "Bearer wrong"}, trust_env=False)
+    assert unauthorized.status_code == 401
+
+
+def test_reset_empties_the_store_and_the_buckets(stack):
+    client = storage.Client()
+    for key in ("INPUT_BUCKET", "OUTPUT_BUCKET"):
+        client.bucket(os.environ[key]).blob("reset-test/x.txt").upload_from_string(b"x")
+    db = firestore.Client()
+    db.collection("reset_test").document("doc").set({"a": 1})
+
+    stack.reset()
+
+    assert [b.name for b in client.list_blobs(os.environ["INPUT_BUCKET"])] == []
+    assert [b.name for b in client.list_blobs(os.environ["OUTPUT_BUCKET"])] == []
+    assert not db.collection("reset_test").document("doc").get().exists
+    assert all(group_alive(part.pid) for part in stack.parts.values()), "reset keeps the processes"
+
+
+def test_the_gemini_emulator_answers_the_stacks_key_only(gemini_emulator):
+    gemini_emulator.set_faults({})
+    gemini_emulator.clear_faults()
+    url = f"{gemini_emulator.base_url}/v1beta/batches"
+    wrong_key = httpx.get(url, headers={"x-goog-api-key": "wrong"}, trust_env=False)
+    right_key = httpx.get(url, headers={"x-goog-api-key": gemini_emulator.api_key}, trust_env=False)
+    assert wrong_key.status_code in (400, 401, 403), wrong_key.text
+    assert right_key.status_code == 200, right_key.text
+
+
+# -- a stack of its own ------------------------------------------------------------------------------------
+
+
+def test_stop_leaves_no_process_behind(tmp_path):
+    local = LocalStack(ROOT, components=["firestore", "pubsub", "gcs"], state_dir=tmp_path)
+    with local:
+        groups = {name: part.pid for name, part in local.parts.items()}
+        assert local.env_path.is_file() and local.state_path.is_file()
+    assert not [name for name, pgid in groups.items() if group_alive(pgid)]
+    assert not _processes_in_groups(set(groups.values())), "a Java emulator outlived its launcher"
+    assert not local.env_path.exists() and not local.state_path.exists()
+
+
+def test_a_second_stack_on_the_same_state_dir_is_refused_and_harms_nothing(tmp_path):
+    with LocalStack(ROOT, components=["pubsub"], state_dir=tmp_path) as first:
+        second = LocalStack(ROOT, components=["pubsub"], state_dir=tmp_path)
+        with pytest.raises(AlreadyRunning, match="already running"):
+            second.start()
+        second.stop()
+        assert first.state_path.is_file() and first.env_path.is_file()
+        assert group_alive(first.parts["pubsub"].pid)
+
+
+def test_a_stack_whose_owner_was_killed_is_stopped_by_the_next_session(tmp_path):
+    state_dir = tmp_path / "pytest-killed"
+    script = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from infra.local.stack import LocalStack\n"
+        f"LocalStack(Path({str(ROOT)!r}), components=['pubsub', 'gcs'], state_dir=Path({str(state_dir)!r})).start()\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    killed = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stderr
+    pids = [rec["pid"] for rec in json.loads((state_dir / "stack.json").read_text())["processes"].values()]
+    assert pids and all(group_alive(pid) for pid in pids), "the parts outlive their killed owner"
+
+    assert stop_orphaned(tmp_path) == {state_dir: ["pubsub", "gcs"]}
+    assert not [pid for pid in pids if group_alive(pid)] and not _processes_in_groups(set(pids))
+
+
+def test_cli_up_status_env_down_on_free_ports(tmp_path):
+    state_dir = tmp_path / "state"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "infra.local.stack", *args, "--state-dir", str(state_dir)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    up = cli("up", "--free-ports", "--without", "gemini")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert "Local stack up in" in up.stdout
+        env = parse_env_file((state_dir / "env").read_text())
+        assert not [key for key in ENV_KEYS if key not in env]
+        urls = [v for k, v in env.items() if k.endswith("_URL") and not k.startswith("GEMINI")]
+        assert not [url for url in urls if not answers(url, timeout=5)]
+        assert cli("status").returncode == 0
+        assert cli("env").stdout == (state_dir / "env").read_text()
+        again = cli("up", "--free-ports")
+        assert again.returncode == 1 and "already running" in again.stderr
+        pids = [rec["pid"] for rec in json.loads((state_dir / "stack.json").read_text())["processes"].values()]
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stderr
+    assert not [pid for pid in pids if group_alive(pid)]
+    assert not _processes_in_groups(set(pids))
+    assert not (state_dir / "env").exists() and not (state_dir / "stack.json").exists()
+    assert cli("status").returncode == 3
+
+
+def _processes_in_groups(groups: set[int]) -> list[int]:
+    """Pids of live processes (not zombies) whose process group is one of `groups`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            found.append(int(entry.name))
+    return found
