@@ -8,7 +8,7 @@ stays one chunk per open writer; an upload interrupted by an exception is cancel
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import BinaryIO
 
 from google.api_core import exceptions as gexc
@@ -88,7 +88,5 @@ class GcsBlobStore(BlobStore):
             yield _info(blob)
 
     def delete(self, uri: str) -> None:
-        try:
+        with suppress(gexc.NotFound):
             self._blob(uri).delete()
-        except gexc.NotFound:
-            pass

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 
 from shared.domain.jobs import ErrorInfo, FileRef, Shard, ShardOutput
 from shared.domain.paths import JobPaths
-from shared.ports import ItemResult
 from shared.logging import get_logger
+from shared.ports import ItemResult
 from shared.services.context import Context
 
 __all__ = ["BLOCK_ROWS", "load_records", "write_shard_output"]

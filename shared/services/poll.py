@@ -26,12 +26,12 @@ from shared.domain.jobs import (
     ShardState,
 )
 from shared.domain.schedule import next_poll_at
-from shared.errors import PermanentError, TransientError
+from shared.errors import NotFound, PermanentError, TransientError
 from shared.logging import bind, get_logger
 from shared.services.batches import adopt, ensure_batch
 from shared.services.cancel import cancel_held
 from shared.services.context import Context
-from shared.services.finish import publish_completion
+from shared.services.finish import end_job, publish_completion
 from shared.services.leasing import LeaseHeld, leased, save
 from shared.services.submit import resume_submission
 
@@ -98,6 +98,11 @@ def poll_job(ctx: Context, job_id: str) -> str:
             return "cancelled"
         now = ctx.clock()
         idle = now - job.updated_at
+        if job.state == JobState.SUBMITTING and job.deadline_at is not None and now >= job.deadline_at:
+            last = f" (last error: {job.last_error.message})" if job.last_error else ""
+            end_job(ctx, job, JobState.FAILED, error=ErrorInfo(
+                code="DEADLINE_EXCEEDED", message=f"the submission did not complete before the job's deadline{last}"))
+            return "failed_submission"
         if job.state == JobState.SUBMITTING:
             if idle < timedelta(minutes=ctx.settings.submit_stale_minutes):
                 return _reschedule(ctx, job, minutes=ctx.settings.submit_stale_minutes)
@@ -125,7 +130,11 @@ def _advance_running(ctx: Context, job: Job) -> str:
                 _stop_batch(ctx, shard.batch_name)
                 shard.abandon(ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline"))
                 continue
-            adopt(shard, ctx.provider.get_batch(shard.batch_name))
+            try:
+                adopt(shard, ctx.provider.get_batch(shard.batch_name))
+            except NotFound as exc:  # the provider lost it (deleted, or restarted): retry by policy
+                shard.state = ShardState.FAILED
+                shard.provider_error = ErrorInfo(code="BATCH_NOT_FOUND", message=exc.message)
         if shard.state in SHARD_PROVIDER_FAILED:
             if shard.batch_attempts < ctx.settings.max_batch_attempts and not past_deadline:
                 log.warning("retrying a batch the provider ended without results", shard=shard.index,

@@ -19,7 +19,7 @@ from enum import StrEnum
 from shared.domain.jobs import ErrorInfo, Job, JobState, SourceObject, job_id_for
 from shared.domain.options import OnBadRecord, OptionError, options_from_metadata
 from shared.domain.schedule import next_poll_at
-from shared.errors import PermanentError
+from shared.errors import NotFound, PermanentError
 from shared.logging import bind, get_logger
 from shared.services.batches import ensure_batch
 from shared.services.context import Context
@@ -127,7 +127,11 @@ def _prepare(ctx: Context, job: Job) -> ErrorInfo | None:
         return None
     if job.source.size == 0:
         return ErrorInfo(code="EMPTY_INPUT", message=f"{job.source.uri} is empty (0 bytes): there is nothing to embed")
-    fatal = stage_input(ctx, job, heartbeat=lambda: renew(ctx, job.job_id))
+    try:
+        fatal = stage_input(ctx, job, heartbeat=lambda: renew(ctx, job.job_id))
+    except NotFound:
+        return ErrorInfo(code="SOURCE_NOT_FOUND", message=(
+            f"{job.source.uri} generation {job.source.generation} was deleted or replaced before it could be read"))
     save(ctx, job)
     problems = job.input_problems
     if job.counts.total == 0:

@@ -151,6 +151,26 @@ def test_an_empty_object_fails_with_a_clear_error(ctx):
     assert ctx.jobs.get(result.job_id).event_published_at is not None
 
 
+def test_a_generation_replaced_before_it_was_read_fails_its_job_with_an_event(ctx):
+    source = upload(ctx, "incoming/a.jsonl", jsonl(2))
+    upload(ctx, "incoming/a.jsonl", jsonl(3))  # a new generation replaces it before submit runs
+    result = submit_object(ctx, source)
+    assert result.outcome == SubmitOutcome.FAILED
+    [event] = ctx.publisher.on(EVENTS)
+    assert event["error"]["code"] == "SOURCE_NOT_FOUND" and source.generation in event["error"]["message"]
+
+
+def test_a_submission_that_never_completes_fails_at_the_deadline(ctx):
+    source = upload(ctx, "incoming/a.jsonl", jsonl(2))
+    ctx.provider.fail_creates(*[TransientError("429")] * 50)
+    for _ in range(3):
+        with pytest.raises(TransientError):
+            submit_object(ctx.for_invocation(), source)
+    tick(ctx, 60 * ctx.settings.job_deadline_hours + 1)
+    [event] = ctx.publisher.on(EVENTS)
+    assert event["status"] == "FAILED" and event["error"]["code"] == "DEADLINE_EXCEEDED"
+
+
 def test_bad_records_are_skipped_and_reported_or_fail_the_file_by_option(ctx):
     data = jsonl(3) + b"{not json\n" + orjson.dumps({"id": "doc-0", "text": "dup"}) + b"\n"
     job = ctx.jobs.get(submit_object(ctx, upload(ctx, "incoming/a.jsonl", data)).job_id)
@@ -307,9 +327,8 @@ def test_a_held_lease_keeps_other_workers_out_until_it_expires():
     result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2)))
     holder = ctx.for_invocation()
     with leased(holder, result.job_id):
-        with pytest.raises(LeaseHeld):
-            with leased(ctx.for_invocation(), result.job_id):
-                pass
+        with pytest.raises(LeaseHeld), leased(ctx.for_invocation(), result.job_id):
+            pass
         clock.advance(minutes=1)
         summary = poll_due_jobs(ctx)
         assert (summary.due, summary.polled, summary.skipped_leased) == (1, 0, 1)

@@ -1,0 +1,302 @@
+"""At-least-once delivery and provider faults, with the real emulators, functions and official clients.
+
+Faults come from the Gemini emulator's fault injection; crashes are simulated by subclassing our own
+adapters so that a call completes and then the "process dies" (a BaseException no handler catches).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from google.cloud import firestore, pubsub_v1, storage
+
+from infra.local.processes import wait_until
+from infra.local.relay import storage_event
+from shared.adapters.gcs_blobs import GcsBlobStore
+from shared.adapters.gemini_provider import GeminiBatchProvider
+from shared.bootstrap import build_context
+from shared.config import Settings
+from shared.domain.jobs import JobState, SourceObject, job_id_for
+from shared.gemini import GeminiClient
+from shared.services.complete import complete_job
+from shared.services.poll import poll_job
+from shared.services.submit import SubmitOutcome, submit_object
+from tests.integration.pipeline_helpers import EventSubscription, jsonl_records, read_gs, read_vectors, upload
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [f"passage {i} about {topic}" for i, topic in enumerate(
+    ["rivers", "mountains", "taxes", "cooking", "chess", "music", "trains", "birds", "code", "tea"] * 2)]
+
+
+class Crash(BaseException):
+    """The process dies here: nothing catches it, nothing is saved after it."""
+
+
+@pytest.fixture
+def events(clean_stack):
+    subscription = EventSubscription(clean_stack.env["GOOGLE_CLOUD_PROJECT"], clean_stack.env["EVENTS_TOPIC"])
+    yield subscription
+    subscription.close()
+
+
+def job_doc(env, job_id: str) -> dict:
+    snapshot = firestore.Client().collection(env.get("JOBS_COLLECTION", "embedding_jobs")).document(job_id).get()
+    return snapshot.to_dict() or {}
+
+
+def wait_for_state(env, job_id: str, *states: str, timeout: float = 120) -> dict:
+    wait_until(lambda: job_doc(env, job_id).get("state") in states, timeout, 0.2, f"job {job_id} in {states}")
+    return job_doc(env, job_id)
+
+
+def await_lease_lapsed(env, job_id: str) -> None:
+    """A dead worker's lease lapses on its own (a simulated crash may release it on the way out)."""
+    def lapsed() -> bool:
+        until = job_doc(env, job_id)["lease_until"]
+        return until is None or until.timestamp() < time.time()
+
+    wait_until(lapsed, 30, 0.2, "the lease to lapse")
+
+
+def emulator_batches(env) -> list:
+    with GeminiClient(env["GEMINI_API_KEY"], base_url=env["GEMINI_API_BASE_URL"]) as client:
+        return list(client.iter_batches())
+
+
+def post_finalize_event(env, blob: storage.Blob, event_id: str) -> int:
+    blob.reload()
+    attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": blob.bucket.name, "objectId": blob.name,
+                  "payloadFormat": "JSON_API_V1"}
+    headers, body = storage_event(event_id, attributes, json.dumps(blob._properties).encode()).http()
+    return httpx.post(env["SUBMIT_URL"], headers=headers, content=body, timeout=120).status_code
+
+
+def manual_context(env, **settings) -> tuple[Settings, object]:
+    """A context over the stack's real services whose inputs live under `manual/` (the running submit
+    function ignores them, so the test alone delivers their events)."""
+    config = Settings(input_prefix="manual/", **settings)
+    return config, build_context(config)
+
+
+def source_of(blob: storage.Blob) -> SourceObject:
+    blob.reload()
+    return SourceObject(bucket=blob.bucket.name, name=blob.name, generation=str(blob.generation), size=blob.size,
+                        content_type=blob.content_type, metadata=blob.metadata or {})
+
+
+def upload_manual(env, name: str, data: bytes) -> storage.Blob:
+    blob = storage.Client().bucket(env["INPUT_BUCKET"]).blob(f"manual/{name}")
+    blob.upload_from_string(data, content_type="application/jsonl")
+    return blob
+
+
+# -- ingestion: exactly one job per object generation -------------------------------------------------
+
+
+def test_five_deliveries_of_one_event_make_one_job_and_one_batch(clean_stack, events):
+    env = clean_stack.env
+    blob = upload(env, "dup/five.jsonl", jsonl_records(TEXTS[:5]))
+    statuses: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: statuses.append(post_finalize_event(env, blob, f"redelivery-{i}")))
+               for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
+    event = events.event_for(job_id)
+    assert event["status"] == "SUCCEEDED" and event["counts"]["succeeded"] == 5
+    assert len(emulator_batches(env)) == 1
+    jobs = list(firestore.Client().collection("embedding_jobs").stream())
+    assert [j.id for j in jobs] == [job_id]
+    assert set(statuses) <= {200, 204, 500}, statuses  # 500: "busy, retry" while another delivery held the job
+    assert len(events.drain(2)) == 1
+
+
+def test_a_new_generation_of_the_same_name_is_a_new_job(clean_stack, events):
+    env = clean_stack.env
+    first = upload(env, "gen/doc.jsonl", jsonl_records(TEXTS[:2]))
+    first_id = job_id_for(env["INPUT_BUCKET"], first.name, first.generation)
+    assert events.event_for(first_id)["counts"]["total"] == 2
+    second = upload(env, "gen/doc.jsonl", jsonl_records(TEXTS[:3]))
+    second_id = job_id_for(env["INPUT_BUCKET"], second.name, second.generation)
+    assert second_id != first_id
+    event = events.event_for(second_id)
+    assert event["counts"]["total"] == 3 and event["source"]["generation"] == str(second.generation)
+    assert event["output"]["manifest"] != events.event_for(first_id)["output"]["manifest"]
+
+
+def test_a_crash_after_the_batch_was_created_is_recovered_without_a_second_batch(clean_stack, events):
+    env = clean_stack.env
+    config, ctx = manual_context(env, lease_seconds=2)
+
+    class DiesAfterCreate(GeminiBatchProvider):
+        def create_batch(self, **kwargs):
+            super().create_batch(**kwargs)
+            raise Crash()
+
+    crashing = type(ctx)(**{**ctx.__dict__, "provider": DiesAfterCreate(ctx.provider.client)})
+    blob = upload_manual(env, "crash.jsonl", jsonl_records(TEXTS[:4]))
+    source = source_of(blob)
+    with pytest.raises(Crash):
+        submit_object(crashing.for_invocation(), source)
+    assert len(emulator_batches(env)) == 1
+    job_id = job_id_for(source.bucket, source.name, source.generation)
+    assert job_doc(env, job_id)["shards"][0]["state"] == "CREATING"
+    await_lease_lapsed(env, job_id)  # the dead worker's lease must lapse before another may take over
+    assert submit_object(ctx.for_invocation(), source).outcome == SubmitOutcome.SUBMITTED
+    assert len(emulator_batches(env)) == 1, "the redelivery adopted the batch instead of creating another"
+    event = events.event_for(job_id)
+    assert event["status"] == "SUCCEEDED" and event["counts"]["succeeded"] == 4
+
+
+# -- completion: partial failure, retries, duplicates, crashes --------------------------------------------
+
+
+def test_items_that_fail_once_are_resubmitted_and_nothing_is_lost(clean_stack, gemini_emulator, events):
+    gemini_emulator.set_faults({"item_failure_rate": 0.3, "item_failure_attempts": 1})
+    env = clean_stack.env
+    blob = upload(env, "partial/once.jsonl", jsonl_records(TEXTS))
+    job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
+    event = events.event_for(job_id)
+    assert event["status"] == "SUCCEEDED" and event["counts"] == {"total": 20, "succeeded": 20, "failed": 0, "input_problems": 0}
+    assert sorted(read_vectors(event)) == sorted(f"doc-{i}" for i in range(20))
+    shards = job_doc(env, job_id)["shards"]
+    assert len(shards) >= 2 and shards[1]["parent"] == 0 and shards[1]["item_attempt"] == 2
+
+
+def test_items_that_always_fail_end_partially_succeeded_with_their_errors(clean_stack, gemini_emulator, events):
+    gemini_emulator.set_faults({"fail_texts_containing": "POISON"})
+    env = clean_stack.env
+    texts = TEXTS[:6] + ["POISON pill one", "POISON pill two"]
+    blob = upload(env, "partial/always.jsonl", jsonl_records(texts))
+    event = events.event_for(job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation))
+    assert event["status"] == "PARTIALLY_SUCCEEDED"
+    assert event["counts"] == {"total": 8, "succeeded": 6, "failed": 2, "input_problems": 0}
+    assert event["success_rate"] == 75.0 and event["low_success_rate"] is True
+    errors = [json.loads(line) for line in read_gs(event["output"]["errors"]).splitlines()]
+    assert sorted(e["id"] for e in errors) == ["doc-6", "doc-7"] and {e["attempts"] for e in errors} == {3}
+
+
+def test_batches_that_expire_are_retried_then_the_job_fails_with_an_event(clean_stack, gemini_emulator, events):
+    gemini_emulator.set_faults({"expire_batches": True})
+    env = clean_stack.env
+    blob = upload(env, "expiry/doc.jsonl", jsonl_records(TEXTS[:3]))
+    event = events.event_for(job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation))
+    assert event["status"] == "FAILED" and "EXPIRED" in event["error"]["code"]
+    assert event["counts"]["failed"] == 3
+    assert len(emulator_batches(env)) == 2, "one retry (max_batch_attempts=2)"
+
+
+def test_a_429_storm_on_create_delays_the_job_but_it_completes(clean_stack, gemini_emulator, events):
+    gemini_emulator.set_faults({"create_429": {"count": 8, "retry_after_seconds": 0.2}})
+    env = clean_stack.env
+    blob = upload(env, "storm/doc.jsonl", jsonl_records(TEXTS[:3]))
+    event = events.event_for(job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation))
+    assert event["status"] == "SUCCEEDED"
+    assert len(emulator_batches(env)) == 1
+
+
+def test_a_5xx_storm_while_polling_backs_off_and_completes(clean_stack, gemini_emulator, events):
+    gemini_emulator.set_faults({"http_5xx": {"count": 12, "status": 503, "path_contains": "/batches/"}})
+    env = clean_stack.env
+    blob = upload(env, "storm/poll.jsonl", jsonl_records(TEXTS[:3]))
+    event = events.event_for(job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation))
+    assert event["status"] == "SUCCEEDED"
+
+
+def test_cancel_stops_the_batch_and_announces_cancelled(clean_stack, gemini_emulator, events):
+    gemini_emulator.set_faults({"pending_seconds": 600})
+    env = clean_stack.env
+    blob = upload(env, "cancel/doc.jsonl", jsonl_records(TEXTS[:3]))
+    job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
+    wait_for_state(env, job_id, "RUNNING")
+    headers = {"Authorization": f"Bearer {env['POLLER_TOKEN']}"}
+    assert httpx.post(f"{env['STATUS_URL']}/jobs/{job_id}:cancel", timeout=60).status_code == 401
+    answer = httpx.post(f"{env['STATUS_URL']}/jobs/{job_id}:cancel", headers=headers, timeout=60)
+    assert answer.status_code == 200 and answer.json()["cancelled"] is True
+    event = events.event_for(job_id)
+    assert event["status"] == "CANCELLED" and event["error"]["code"] == "CANCELLED"
+    [batch] = emulator_batches(env)
+    assert batch.state.value == "BATCH_STATE_CANCELLED"
+
+
+def test_duplicate_complete_messages_give_one_event(clean_stack, events):
+    env = clean_stack.env
+    blob = upload(env, "dup/complete.jsonl", jsonl_records(TEXTS[:3]))
+    job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
+    events.event_for(job_id)
+    publisher = pubsub_v1.PublisherClient()
+    topic = publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], env["COMPLETE_TOPIC"])
+    acked = clean_stack.relay_state()["acked"]
+    for _ in range(3):
+        publisher.publish(topic, json.dumps({"job_id": job_id}).encode(), job_id=job_id).result(30)
+    wait_until(lambda: clean_stack.relay_state()["acked"] >= acked + 3, 60, 0.2, "the duplicate deliveries")
+    assert len(events.drain(2)) == 1
+
+
+def test_two_pollers_at_once_hand_a_job_over_once(clean_stack, events):
+    env = clean_stack.env
+    headers = {"Authorization": f"Bearer {env['POLLER_TOKEN']}"}
+    with clean_stack.ticker_paused():
+        blob = upload(env, "pollers/doc.jsonl", jsonl_records(TEXTS[:3]))
+        job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
+        wait_for_state(env, job_id, "RUNNING")
+        wait_until(lambda: emulator_batches(env)[0].state.value == "BATCH_STATE_SUCCEEDED", 60, 0.2, "the batch")
+        wait_until(lambda: job_doc(env, job_id)["next_poll_at"].timestamp() <= time.time(), 30, 0.2, "due")
+        summaries: list[dict] = []
+        threads = [threading.Thread(target=lambda: summaries.append(
+            httpx.post(env["POLLER_URL"], headers=headers, timeout=120).json())) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sum(s["handed_to_complete"] for s in summaries) == 1, summaries
+    events.event_for(job_id)
+    assert len(events.drain(2)) == 1
+
+
+def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event(clean_stack, events):
+    env = clean_stack.env
+    topic = f"complete-{uuid.uuid4().hex[:8]}"  # not routed to the complete function: this test delivers
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], topic))
+    config, ctx = manual_context(env, complete_topic=topic, max_requests_per_batch=4, lease_seconds=2)
+    blob = upload_manual(env, "halfway.jsonl", jsonl_records(TEXTS[:10]))
+    source = source_of(blob)
+    job_id = job_id_for(source.bucket, source.name, source.generation)
+    with clean_stack.ticker_paused():
+        assert submit_object(ctx.for_invocation(), source).outcome == SubmitOutcome.SUBMITTED
+        assert len(job_doc(env, job_id)["shards"]) == 3
+        wait_until(lambda: all(b.state.value == "BATCH_STATE_SUCCEEDED" for b in emulator_batches(env)), 60, 0.2, "batches")
+        wait_until(lambda: poll_job(ctx.for_invocation(), job_id) == "handed_to_complete", 30, 0.2, "hand-over")
+
+        class DiesAfterFourFiles(GcsBlobStore):
+            written = 0
+
+            def open_write(self, uri, content_type):
+                if DiesAfterFourFiles.written >= 4:
+                    raise Crash()
+                DiesAfterFourFiles.written += 1
+                return super().open_write(uri, content_type)
+
+        crashing = type(ctx)(**{**ctx.__dict__, "blobs": DiesAfterFourFiles(storage.Client())})
+        with pytest.raises(Crash):
+            complete_job(crashing.for_invocation(), job_id)
+        assert job_doc(env, job_id)["state"] == "COMPLETING"
+        await_lease_lapsed(env, job_id)
+        assert complete_job(ctx.for_invocation(), job_id) == "succeeded"
+        assert complete_job(ctx.for_invocation(), job_id) == "already_ended"
+    event = events.event_for(job_id)
+    assert event["status"] == "SUCCEEDED" and len(event["output"]["embeddings"]) == 3
+    assert sorted(read_vectors(event)) == sorted(f"doc-{i}" for i in range(10)), "no item lost or doubled"
+    manifests = [b.name for b in storage.Client().list_blobs(env["OUTPUT_BUCKET"]) if b.name.endswith("manifest.json")]
+    assert len(manifests) == 1
+    assert len(events.drain(2)) == 1
+    assert job_doc(env, job_id)["state"] == JobState.SUCCEEDED.value
