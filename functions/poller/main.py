@@ -1,7 +1,7 @@
 """poller: Cloud Scheduler's tick (HTTP, OIDC) -> every due job moved one step; a JSON summary back."""
 
-import functions_framework
 import flask
+import functions_framework
 
 from shared.auth import AuthError, authorize
 from shared.bootstrap import context

@@ -1,7 +1,7 @@
 """status: the jobs API (list, one job, cancel), authenticated like the poller."""
 
-import functions_framework
 import flask
+import functions_framework
 
 from shared.auth import AuthError, authorize
 from shared.bootstrap import context
