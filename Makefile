@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test unit integration lint run up down status env gemini-emulator bench package deploy clean
+.PHONY: setup test unit integration lint tools tf-lint run up down status env gemini-emulator bench package deploy smoke clean
 
 setup: $(STAMP)
 
@@ -30,8 +30,37 @@ unit: setup
 integration: setup
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
-lint: setup
-	$(VENV)/bin/ruff check shared functions infra tests
+lint: setup tf-lint
+	$(VENV)/bin/ruff check shared functions infra tests benchmarks tools
+
+# -- infrastructure ------------------------------------------------------------------------------------
+# checkov lives in a virtualenv of its own (.venv-tools): its pinned dependencies never meet the project's.
+TOOLS_VENV ?= .venv-tools
+CHECKOV_VERSION ?= 3.3.30
+TOOLS_STAMP := $(TOOLS_VENV)/.installed
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP):
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $(TOOLS_STAMP)
+
+# terraform fmt + checkov (--skip-download: no call to the checkov vendor's API).
+tf-lint: tools
+	terraform fmt -check -recursive infra
+	$(TOOLS_VENV)/bin/checkov -d infra/terraform --framework terraform --quiet --compact --skip-download
+
+package: setup
+	$(PY) -m infra.package
+
+# PROJECT_ID=... [REGION=...] [GEMINI_API_KEY=... the first time]
+deploy: setup
+	PYTHON=$(CURDIR)/$(PY) infra/deploy.sh
+
+smoke:
+	infra/deploy.sh smoke
 
 run: setup
 	$(PY) -m infra.local.demo

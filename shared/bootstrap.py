@@ -8,7 +8,7 @@ from shared.config import Settings, get_settings
 from shared.logging import configure_logging, register_secret
 from shared.services.context import Context
 
-__all__ = ["build_context", "context"]
+__all__ = ["build_context", "context", "setup_logging"]
 
 
 def build_context(settings: Settings) -> Context:
@@ -32,10 +32,16 @@ def build_context(settings: Settings) -> Context:
 
 
 @lru_cache(maxsize=1)
-def context() -> Context:
-    """The process's context. Functions call it per invocation; clients are created on the first call."""
+def setup_logging() -> None:
+    """Cloud Logging JSON on stdout, with the process's secrets registered for redaction. Once."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.google_cloud_project)
     register_secret(settings.gemini_api_key.get_secret_value())
     register_secret(settings.poller_token.get_secret_value())
-    return build_context(settings)
+
+
+@lru_cache(maxsize=1)
+def context() -> Context:
+    """The process's context. Functions call it per invocation; clients are created on the first call."""
+    setup_logging()
+    return build_context(get_settings())

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from shared.bootstrap import setup_logging
 from shared.domain.jobs import SourceObject
 from shared.errors import PermanentError, TransientError
 from shared.logging import bind, get_logger, trace_from_header
@@ -68,6 +69,7 @@ def pubsub_payload(data: Any) -> dict[str, Any]:
 
 def handle_event(event_id: str | None, trace_header: str | None, work: Callable[[], T]) -> T | None:
     """Run `work` for one event; raise only for what a retry can fix."""
+    setup_logging()
     with bind(event_id=event_id, trace=trace_from_header(trace_header)):
         try:
             return work()

@@ -17,7 +17,8 @@ def _job_id(event: CloudEvent) -> str:
 
 @functions_framework.cloud_event
 def complete(event: CloudEvent) -> None:
-    handle_event(
-        event.get("id"), event.get("traceparent"),
-        lambda: complete_job(context().for_invocation(), _job_id(event)),
-    )
+    def work():
+        job_id = _job_id(event)  # a poison event is dropped before any client is built
+        return complete_job(context().for_invocation(), job_id)
+
+    handle_event(event.get("id"), event.get("traceparent"), work)

@@ -4,7 +4,7 @@ import flask
 import functions_framework
 
 from shared.auth import AuthError, authorize
-from shared.bootstrap import context
+from shared.bootstrap import context, setup_logging
 from shared.config import get_settings
 from shared.logging import bind, trace_from_header
 from shared.services.poll import poll_due_jobs
@@ -12,6 +12,7 @@ from shared.services.poll import poll_due_jobs
 
 @functions_framework.http
 def poller(request: flask.Request):
+    setup_logging()
     try:
         authorize(request.headers.get("Authorization"), get_settings())
     except AuthError as exc:

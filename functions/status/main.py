@@ -4,7 +4,7 @@ import flask
 import functions_framework
 
 from shared.auth import AuthError, authorize
-from shared.bootstrap import context
+from shared.bootstrap import context, setup_logging
 from shared.config import get_settings
 from shared.domain.jobs import JobState
 from shared.errors import NotFound
@@ -14,6 +14,7 @@ from shared.views import job_view
 
 @functions_framework.http
 def status(request: flask.Request):
+    setup_logging()
     try:
         authorize(request.headers.get("Authorization"), get_settings())
     except AuthError as exc:

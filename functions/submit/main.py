@@ -10,7 +10,8 @@ from shared.services.submit import submit_object
 
 @functions_framework.cloud_event
 def submit(event: CloudEvent) -> None:
-    handle_event(
-        event.get("id"), event.get("traceparent"),
-        lambda: submit_object(context().for_invocation(), storage_object(event.get_data())),
-    )
+    def work():
+        source = storage_object(event.get_data())  # a poison event is dropped before any client is built
+        return submit_object(context().for_invocation(), source)
+
+    handle_event(event.get("id"), event.get("traceparent"), work)

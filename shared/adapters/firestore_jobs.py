@@ -120,7 +120,9 @@ class FirestoreJobRepository(JobRepository):
         query = self._collection
         if state is not None:
             query = query.where(filter=FieldFilter("state", "==", state.value))
-        query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by("__name__")
+        # __name__ in the same direction as created_at: the (state, created_at desc) index serves it.
+        query = query.order_by("created_at", direction=firestore.Query.DESCENDING).order_by(
+            "__name__", direction=firestore.Query.DESCENDING)
         if after:
             cursor = self._ref(after).get()
             if cursor.exists:

@@ -1,9 +1,12 @@
 """Where a job's files go. Every file of a job lives under its own prefix, derived from the source.
 
-`{OUTPUT_PREFIX}{safe source name}/{generation}/` in the output bucket, where the safe name keeps the
-source's folders but escapes the segments a file system would treat specially (`.`, `..`, empty) and
-caps the length (object names are at most 1,024 bytes), appending a short hash when it had to cut. So
-two sources never share a prefix, and no name, however hostile, writes outside its job's prefix.
+Outputs: `{OUTPUT_PREFIX}{safe source name}/{generation}/` in the output bucket; staging (internal,
+deleted when the job ends): `{OUTPUT_PREFIX}_staging/{safe source name}/{generation}/`, one prefix for all
+jobs so that a bucket lifecycle rule can sweep what a job that never ended left behind. The safe name
+keeps the source's folders but escapes the segments a file system would treat specially (`.`, `..`,
+empty) and a leading `_` (so no output lands under `_staging/`), and caps the length (object names are at
+most 1,024 bytes), appending a short hash when it had to cut. So two sources never share a prefix, and no
+name, however hostile, writes outside its job's prefixes.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from dataclasses import dataclass
 
 from shared.domain.jobs import SourceObject
 
-__all__ = ["JobPaths", "parse_gs_uri"]
+__all__ = ["STAGING_FOLDER", "JobPaths", "parse_gs_uri"]
 
+STAGING_FOLDER = "_staging"
 _MAX_NAME_BYTES = 400
 
 
@@ -36,6 +40,8 @@ def _safe_segment(segment: str) -> str:
 
 def safe_name(name: str) -> str:
     safe = "/".join(_safe_segment(s) for s in name.split("/"))
+    if safe.startswith("_"):
+        safe = "%5F" + safe[1:]
     encoded = safe.encode()
     if len(encoded) <= _MAX_NAME_BYTES:
         return safe
@@ -48,16 +54,14 @@ class JobPaths:
     """The URIs of one job's outputs and staging files."""
 
     prefix: str  # gs://bucket/path/ (ends with a slash)
+    staging: str  # gs://bucket/path/ of the staging files
 
     @classmethod
     def for_source(cls, source: SourceObject, output_bucket: str, output_prefix: str) -> JobPaths:
         base = output_prefix.strip("/")
-        path = f"{base}/" if base else ""
-        return cls(f"gs://{output_bucket}/{path}{safe_name(source.name)}/{source.generation}/")
-
-    @property
-    def staging(self) -> str:
-        return self.prefix + "_staging/"
+        root = f"gs://{output_bucket}/{base}/" if base else f"gs://{output_bucket}/"
+        job = f"{safe_name(source.name)}/{source.generation}/"
+        return cls(prefix=root + job, staging=f"{root}{STAGING_FOLDER}/{job}")
 
     def requests(self, shard: int) -> str:
         return f"{self.staging}requests-{shard:05d}.jsonl"

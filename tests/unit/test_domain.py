@@ -123,6 +123,14 @@ def test_every_source_name_maps_inside_its_job_prefix(name):
     assert object_name.startswith("embeddings/")
 
 
+def test_staging_lives_under_one_sweepable_prefix_that_no_output_can_reach():
+    staged = JobPaths.for_source(SourceObject(bucket="i", name="a/b.txt", generation="3"), "o", "embeddings/")
+    assert staged.staging == "gs://o/embeddings/_staging/a/b.txt/3/"
+    assert staged.requests(0).startswith(staged.staging)
+    hostile = JobPaths.for_source(SourceObject(bucket="i", name="_staging/a/b.txt", generation="3"), "o", "embeddings/")
+    assert not hostile.prefix.startswith("gs://o/embeddings/_staging/")
+
+
 def test_long_names_are_cut_with_a_hash_so_they_stay_distinct():
     a = JobPaths.for_source(SourceObject(bucket="i", name="x" * 1000 + "a", generation="1"), "o", "p/")
     b = JobPaths.for_source(SourceObject(bucket="i", name="x" * 1000 + "b", generation="1"), "o", "p/")

@@ -11,6 +11,7 @@ import pytest
 
 from shared.config import Settings
 from shared.domain.jobs import JobState, ShardMode, ShardState, SourceObject, job_id_for
+from shared.domain.paths import JobPaths
 from shared.errors import PermanentError, TransientError
 from shared.ports import ProviderState
 from shared.services.cancel import cancel_job
@@ -205,7 +206,9 @@ def test_a_job_runs_to_success_with_normalised_vectors_mapped_by_key(ctx):
     assert table.num_rows == 5 and table.schema.field("embedding").type.list_size == 768
     manifest = orjson.loads(ctx.blobs.read(event["output"]["manifest"]))
     assert manifest["status"] == "SUCCEEDED" and manifest["files"]["embeddings"][0]["rows"] == 5
-    assert not list(ctx.blobs.list(job.output.prefix + "_staging/")), "staging is dropped once the job ended"
+    staging = JobPaths.for_source(job.source, ctx.settings.output_bucket, ctx.settings.output_prefix).staging
+    assert staging.startswith(f"gs://{ctx.settings.output_bucket}/{ctx.settings.output_prefix}_staging/")
+    assert not list(ctx.blobs.list(staging)), "staging is dropped once the job ended"
 
 
 def test_complete_twice_gives_one_manifest_and_one_event(ctx):
