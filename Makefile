@@ -31,7 +31,7 @@ integration: setup
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
 lint: setup tf-lint
-	$(VENV)/bin/ruff check shared functions infra tests benchmarks tools
+	$(VENV)/bin/ruff check shared functions infra tests benchmarks tools embedpipe
 
 # -- infrastructure ------------------------------------------------------------------------------------
 # checkov lives in a virtualenv of its own (.venv-tools): its pinned dependencies never meet the project's.

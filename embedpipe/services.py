@@ -1,0 +1,167 @@
+"""The clients a command needs, built on first use from its `Config`, and the translation of their
+errors into one-line `CliError`s.
+
+Locally the Google clients find the emulators through the *_EMULATOR_HOST variables (set by
+`Config.client_environment` for the command's duration); before the first call to an emulator its port is
+tried, so a stopped stack is reported at once instead of after the clients' retry deadlines. In the cloud
+they use Application Default Credentials.
+"""
+
+from __future__ import annotations
+
+import socket
+from functools import cached_property
+from typing import Any
+from urllib.parse import urlsplit
+
+from embedpipe.config import Config
+from embedpipe.errors import CliError, JobNotFound, Refused, Unreachable
+from shared.domain.jobs import Job
+
+__all__ = ["Services", "translate_error"]
+
+_SERVICE_OF = {
+    "FIRESTORE_EMULATOR_HOST": "the Firestore emulator",
+    "STORAGE_EMULATOR_HOST": "the Cloud Storage emulator",
+    "PUBSUB_EMULATOR_HOST": "the Pub/Sub emulator",
+}
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    parts = urlsplit(value if "//" in value else f"//{value}")
+    return parts.hostname or "127.0.0.1", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def check_emulator(config: Config, key: str) -> None:
+    """Raise `Unreachable` when the emulator named by `key` is configured but does not accept connections."""
+    value = config.get(key)
+    if not value:
+        return
+    host, port = _host_port(value)
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError:
+        raise Unreachable(f"cannot reach {_SERVICE_OF[key]} at {value} ({key} from {config.source}): "
+                          "is the local stack running? Start it with `make up`") from None
+
+
+class Services:
+    """Lazily built clients over one configuration. Use inside `config.client_environment()`."""
+
+    def __init__(self, config: Config, **given: Any):
+        """`given` replaces clients by name (`jobs=FakeJobRepository()`): the seam for tests."""
+        self.config = config
+        self.__dict__.update(given)
+
+    @cached_property
+    def settings(self):
+        return self.config.settings()
+
+    @cached_property
+    def firestore(self):
+        check_emulator(self.config, "FIRESTORE_EMULATOR_HOST")
+        from google.cloud import firestore
+
+        return firestore.Client(project=self.config.project)
+
+    @cached_property
+    def jobs(self):
+        from shared.adapters.firestore_jobs import FirestoreJobRepository
+
+        return FirestoreJobRepository(self.firestore, self.settings.jobs_collection)
+
+    @cached_property
+    def storage(self):
+        check_emulator(self.config, "STORAGE_EMULATOR_HOST")
+        from google.cloud import storage
+
+        return storage.Client(project=self.config.project)
+
+    @cached_property
+    def blobs(self):
+        from shared.adapters.gcs_blobs import GcsBlobStore
+
+        return GcsBlobStore(self.storage)
+
+    @cached_property
+    def subscriber(self):
+        check_emulator(self.config, "PUBSUB_EMULATOR_HOST")
+        from google.cloud import pubsub_v1
+
+        return pubsub_v1.SubscriberClient()
+
+    def gemini(self):
+        """A `GeminiClient` (a context manager: close it)."""
+        from shared.gemini import GeminiClient
+
+        self.config.require("GEMINI_API_KEY", "the interactive embedding endpoint")
+        return GeminiClient.from_settings(self.settings, max_retries=2, timeout=30.0)
+
+    def job(self, job_id: str) -> Job:
+        """The job, or `JobNotFound` naming where it was looked for."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"no job {job_id} in Firestore collection {self.settings.jobs_collection} "
+                              f"of project {self.config.project}")
+        return job
+
+    def close(self) -> None:
+        for name in ("firestore", "storage"):
+            client = self.__dict__.get(name)
+            if client is not None and hasattr(client, "close"):
+                client.close()
+        subscriber = self.__dict__.get("subscriber")
+        if subscriber is not None:
+            subscriber.close()
+
+
+def translate_error(exc: BaseException) -> CliError | None:
+    """The one-line error of a client library's exception, or None if it is not one we know."""
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as auth_exc
+
+    from shared.errors import PipelineError, TransientError
+    from shared.gemini.errors import GeminiError
+
+    if isinstance(exc, CliError):
+        return exc
+    if isinstance(exc, auth_exc.DefaultCredentialsError):
+        return Refused("no Google credentials: run `gcloud auth application-default login` (or set "
+                       "GOOGLE_APPLICATION_CREDENTIALS); for the local stack run `make up`")
+    if isinstance(exc, auth_exc.GoogleAuthError):
+        return Refused(f"Google authentication failed: {_first_line(exc)}")
+    if isinstance(exc, gexc.PermissionDenied | gexc.Forbidden | gexc.Unauthenticated | gexc.Unauthorized):
+        return Refused(f"permission denied: {_first_line(exc)}")
+    if isinstance(exc, gexc.ServiceUnavailable | gexc.DeadlineExceeded | gexc.RetryError | gexc.GatewayTimeout):
+        return Unreachable(f"a Google Cloud service did not answer: {_first_line(exc)}")
+    if isinstance(exc, gexc.GoogleAPICallError):
+        return CliError(f"{type(exc).__name__}: {_first_line(exc)}")
+    if isinstance(exc, GeminiError):
+        return Unreachable(f"the Gemini API: {_first_line(exc)}")
+    if isinstance(exc, TransientError):
+        return Unreachable(_first_line(exc))
+    if isinstance(exc, PipelineError):
+        return CliError(_first_line(exc))
+    if _is_httpx_transport_error(exc):
+        return Unreachable(f"cannot reach {_url_of(exc)}: {_first_line(exc) or type(exc).__name__}")
+    if isinstance(exc, ConnectionError):
+        return Unreachable(f"connection failed: {_first_line(exc)}")
+    return None
+
+
+def _is_httpx_transport_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.TransportError)
+
+
+def _url_of(exc: Any) -> str:
+    try:
+        return str(exc.request.url)
+    except (AttributeError, RuntimeError):
+        return "the service"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return str(text).strip().splitlines()[0][:500] if str(text).strip() else type(exc).__name__
