@@ -88,8 +88,9 @@ class CloudEventMessage:
     data: dict[str, Any]
 
     def http(self) -> tuple[dict[str, str], bytes]:
-        """Headers and body in binary content mode: `ce-<attribute>` headers, the data as the body."""
-        headers = {f"ce-{key}": value for key, value in self.attributes.items() if key != "datacontenttype"}
+        """Headers and body in binary content mode: `ce-<attribute>` headers (values percent-encoded as the
+        CloudEvents HTTP binding says, so an object name in any script travels), the data as the body."""
+        headers = {f"ce-{key}": _header_value(value) for key, value in self.attributes.items() if key != "datacontenttype"}
         headers["content-type"] = self.attributes.get("datacontenttype", "application/json")
         return headers, json.dumps(self.data, separators=(",", ":"), ensure_ascii=False).encode()
 
@@ -99,6 +100,15 @@ class CloudEventMessage:
 
 
 # -- conversions (pure) -----------------------------------------------------------------------------
+
+
+def _header_value(value: str) -> str:
+    """Percent-encode space, `"`, `%` and everything outside printable ASCII, as UTF-8 (CloudEvents HTTP
+    protocol binding, 3.1.3.2)."""
+    return "".join(
+        char if "!" <= char <= "~" and char not in '"%' else "".join(f"%{byte:02X}" for byte in char.encode())
+        for char in value
+    )
 
 
 def rfc3339(moment: datetime) -> str:
@@ -398,7 +408,7 @@ class Relay:
         except Exception as exc:  # noqa: BLE001 - a bug here must not strand the message's lease
             self.log({"severity": "ERROR", "message": "relay error, message nacked", "id": message.message_id,
                       "error": f"{type(exc).__name__}: {exc}"})
-            message.nack()
+            self._nack_later(message, self._max_backoff)  # never a hot redelivery loop
 
     def _deliver_once(self, route: Route, message: Any) -> None:
         with self._stats.lock:

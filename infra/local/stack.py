@@ -521,6 +521,24 @@ class LocalStack:
                 httpx.post(self.url("gemini", "/_emulator/reset"), timeout=30, trust_env=False).raise_for_status()
 
     @contextlib.contextmanager
+    def part_stopped(self, name: str) -> Iterator[None]:
+        """Stop one part for the block, then start it again (same argv, environment and log) and return
+        once it answers: an outage, or a restart that loses the part's in-memory state."""
+        part = self.parts[name]
+        process = part.process
+        if process is None:
+            raise StackError(f"{name} was not started by this process: it cannot be restarted from here")
+        process.stop()
+        try:
+            yield
+        finally:
+            process.start()
+            process.wait_ready(READY_TIMEOUT.get(name, self.ready_timeout))
+            with self._lock:
+                part.pid, part.start_time = process.pid, process_start_time(process.pid)
+                self._write_state()
+
+    @contextlib.contextmanager
     def ticker_paused(self) -> Iterator[None]:
         """No poller tick starts inside the block (a tick under way has ended when it begins)."""
         if "ticker" not in self.parts:

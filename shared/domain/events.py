@@ -62,6 +62,7 @@ class CompletionEvent(BaseModel):
     dimensions: int | None = None
     task_type: str | None = None
     error: EventError | None = None
+    input_errors: str | None = None  # input-errors.jsonl, when records could not be read (even with no output)
     completed_at: datetime
 
     def data(self) -> bytes:
@@ -110,6 +111,7 @@ def completion_event_for(job: Job, low_success_threshold: float) -> CompletionEv
         dimensions=options.output_dimensionality if options else None,
         task_type=options.task_type.value if options else None,
         error=EventError(code=job.error.code, message=job.error.message) if job.error else None,
+        input_errors=job.input_problems.uri,
         completed_at=job.completed_at or job.updated_at,
     )
 

@@ -33,6 +33,7 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
 
 
 def _safe_segment(segment: str) -> str:
+    segment = segment.replace("%", "%25")  # so an escaped form never equals a literal name
     if segment in ("", ".", ".."):
         return "%" + segment.encode().hex() if segment else "%"
     return segment

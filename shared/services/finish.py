@@ -12,6 +12,7 @@ import uuid
 from shared.domain.events import completion_event_for
 from shared.domain.jobs import ErrorInfo, Job, JobState
 from shared.domain.paths import JobPaths
+from shared.errors import TransientError
 from shared.logging import get_logger
 from shared.services.context import Context
 from shared.services.leasing import save
@@ -36,10 +37,16 @@ def end_job(ctx: Context, job: Job, state: JobState, *, error: ErrorInfo | None 
 
 
 def publish_completion(ctx: Context, job: Job) -> Job:
-    """Publish the completion event of an ended job unless it was published; then drop its staging."""
+    """Drop an ended job's staging, then publish its completion event, unless it was published.
+
+    Staging goes first (nothing reads it once the job has ended): a worker that dies half way leaves the
+    job due, and the next one finishes the cleanup before it publishes.
+    """
     if not job.terminal or job.event_published_at is not None:
         return job
     settings = ctx.settings
+    if not settings.keep_staging:
+        _drop_staging(ctx, job)
     event = completion_event_for(job, settings.success_rate_alert_threshold)
     if event.low_success_rate:
         log.warning(
@@ -51,15 +58,17 @@ def publish_completion(ctx: Context, job: Job) -> Job:
     job.next_poll_at = None
     save(ctx, job)
     log.info("completion event published", job_id=job.job_id, status=event.status, message_id=message_id)
-    if not settings.keep_staging:
-        _drop_staging(ctx, job)
     return job
 
 
 def _drop_staging(ctx: Context, job: Job) -> None:
+    """Delete the job's staging files. A transient error propagates (the job stays due, a retry finishes
+    the cleanup); any other is logged and left to the bucket's lifecycle rule, never blocking the event."""
     staging = JobPaths.for_source(job.source, ctx.settings.output_bucket, ctx.settings.output_prefix).staging
     try:
         for blob in ctx.blobs.list(staging):
             ctx.blobs.delete(blob.uri)
-    except Exception:  # noqa: BLE001 - cleanup is best effort; the job has ended either way
+    except TransientError:
+        raise
+    except Exception:  # noqa: BLE001 - see the docstring
         log.warning("could not delete staging files", job_id=job.job_id, staging=staging, exc_info=True)

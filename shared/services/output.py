@@ -124,6 +124,7 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
             failed_keys.append(key)
 
         parquet = _ParquetSink(parquet_stream, dims, records)
+        files.callback(parquet.close)  # before its stream closes, also when an error interrupts the writing
         for block in _blocks(ctx.provider.iter_results(shard.batch_name), BLOCK_ROWS):
             good: list[_Item] = []
             vectors: list[np.ndarray] = []
@@ -148,7 +149,6 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
             succeeded += len(good)
         for key in sorted(records.keys() - done, key=int):
             fail(key, ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
-        parquet.close()
     failed = len(failed_keys)
     return ShardOutput(
         embeddings=_ref(ctx, paths.embeddings(shard.index), succeeded),

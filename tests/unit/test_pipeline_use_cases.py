@@ -183,6 +183,8 @@ def test_bad_records_are_skipped_and_reported_or_fail_the_file_by_option(ctx):
     strict = submit_object(ctx, upload(ctx, "incoming/b.jsonl", data, {"on_bad_record": "fail"}))
     job = ctx.jobs.get(strict.job_id)
     assert job.state == JobState.FAILED and job.error.code == "BAD_RECORDS" and "line 4" in job.error.message
+    [event] = ctx.publisher.on(EVENTS)
+    assert "output" not in event and event["input_errors"] == job.input_problems.uri
 
 
 # -- poll and complete ----------------------------------------------------------------------------

@@ -1,0 +1,215 @@
+"""What the hostile tests share: reading the stack's state, awaiting events, and killing workers.
+
+A worker "dies" after its k-th port call: the call completes, then `Crash` (a BaseException no handler
+catches) is raised, and every later port call of that worker raises `Crash` too: a dead process makes no
+call, so it neither releases its lease nor cancels an upload (its lease lapses; its upload is never
+committed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+from google.cloud import firestore, storage
+
+from infra.local.processes import wait_until
+from infra.local.relay import storage_event
+from shared.domain.jobs import SourceObject
+from shared.domain.paths import JobPaths
+from shared.gemini import GeminiClient
+from shared.services.context import Context
+from tests.integration.pipeline_helpers import EventSubscription, read_gs
+
+
+class Crash(BaseException):
+    """The worker's process dies here: nothing catches it, nothing runs after it."""
+
+
+@dataclass
+class Life:
+    """A worker's port calls: counted, and fatal after `budget` of them (never, when None)."""
+
+    budget: int | None = None
+    calls: list[str] = field(default_factory=list)
+    dead: bool = False
+
+
+class Mortal:
+    """One port of a mortal worker (any port: the use cases only call its methods)."""
+
+    def __init__(self, port: Any, label: str, life: Life):
+        self._port = port
+        self._label = label
+        self._life = life
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._port, name)
+        if not callable(value):
+            return value
+        life, label = self._life, self._label
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if life.dead:
+                raise Crash(f"dead before {label}.{name}")
+            result = value(*args, **kwargs)
+            life.calls.append(f"{label}.{name}")
+            if life.budget is not None and len(life.calls) >= life.budget:
+                life.dead = True
+                raise Crash(f"died after call {len(life.calls)}: {label}.{name}")
+            return result
+
+        return call
+
+
+def mortal(ctx: Context, budget: int | None = None) -> tuple[Context, Life]:
+    """A fresh worker over `ctx`'s services whose port calls are counted, dying after `budget` of them."""
+    life = Life(budget)
+    worker = Context(
+        jobs=Mortal(ctx.jobs, "jobs", life), blobs=Mortal(ctx.blobs, "blobs", life),
+        provider=Mortal(ctx.provider, "provider", life), publisher=Mortal(ctx.publisher, "publisher", life),
+        settings=ctx.settings, clock=ctx.clock,
+    )
+    return worker, life
+
+
+# -- the stack's state ---------------------------------------------------------------------------------
+
+
+def jobs_collection(env: dict[str, str]):
+    return firestore.Client(project=env["GOOGLE_CLOUD_PROJECT"]).collection(env.get("JOBS_COLLECTION", "embedding_jobs"))
+
+
+def job_doc(env: dict[str, str], job_id: str) -> dict:
+    return jobs_collection(env).document(job_id).get().to_dict() or {}
+
+
+def wait_for_state(env: dict[str, str], job_id: str, *states: str, timeout: float = 120) -> dict:
+    wait_until(lambda: job_doc(env, job_id).get("state") in states, timeout, 0.2, f"job {job_id} in {states}")
+    return job_doc(env, job_id)
+
+
+def due(env: dict[str, str], job_id: str) -> bool:
+    """The job's next poll time has come."""
+    when = job_doc(env, job_id).get("next_poll_at")
+    return when is not None and when.timestamp() <= time.time()
+
+
+def lease_lapsed(env: dict[str, str], job_id: str) -> bool:
+    until = job_doc(env, job_id).get("lease_until")
+    return until is None or until.timestamp() < time.time()
+
+
+def bucket_objects(env: dict[str, str], bucket_key: str) -> dict[str, int]:
+    """name -> size of every object in the bucket the setting `bucket_key` names."""
+    return {b.name: b.size for b in storage.Client().list_blobs(env[bucket_key])}
+
+
+def paths_of(env: dict[str, str], job: dict) -> JobPaths:
+    return JobPaths.for_source(SourceObject(**job["source"]), env["OUTPUT_BUCKET"], env["OUTPUT_PREFIX"])
+
+
+def staging_objects(env: dict[str, str], job: dict) -> list[str]:
+    staging = paths_of(env, job).staging
+    prefix = staging.removeprefix(f"gs://{env['OUTPUT_BUCKET']}/")
+    return [b.name for b in storage.Client().list_blobs(env["OUTPUT_BUCKET"], prefix=prefix)]
+
+
+def staging_left(env: dict[str, str], job: dict, timeout: float = 30) -> list[str]:
+    """The job's staging files once its ender had time to delete them (they go just after the event)."""
+    deadline = time.monotonic() + timeout
+    while (left := staging_objects(env, job)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def output_rows(event: dict) -> list[dict]:
+    """Every row of every embeddings file the event names."""
+    return [json.loads(line) for uri in (event.get("output") or {}).get("embeddings", [])
+            for line in read_gs(uri).splitlines()]
+
+
+def emulator_batches(env: dict[str, str]) -> list:
+    with GeminiClient(env["GEMINI_API_KEY"], base_url=env["GEMINI_API_BASE_URL"]) as client:
+        return list(client.iter_batches())
+
+
+def batches_per_job(env: dict[str, str]) -> Counter:
+    """How many provider batches carry each job's recovery tag (`... [job-id/sNaM]`)."""
+    counts: Counter = Counter()
+    for batch in emulator_batches(env):
+        tag = batch.display_name.rsplit("[", 1)[-1]
+        counts[tag.split("/", 1)[0]] += 1
+    return counts
+
+
+def deliveries_of(stack, object_name: str) -> list[dict]:
+    """The relay's deliveries of the finalize events of `object_name` (its recent ones)."""
+    return [d for d in stack.relay_state()["recent"] if d.get("subject") == f"objects/{object_name}"]
+
+
+def await_events(events: EventSubscription, job_ids: Iterable[str], timeout: float) -> dict[str, list[dict]]:
+    """Pull until every job has an event or the deadline passes; then a little longer, to catch repeats.
+    Returns job id -> every completion event received for it (missing jobs: an empty list)."""
+    wanted = set(job_ids)
+    deadline = time.monotonic() + timeout
+
+    def arrived() -> set[str]:
+        return {attrs.get("job_id") for attrs, _ in events.received} & wanted
+
+    while arrived() != wanted and time.monotonic() < deadline:
+        events.pull(timeout=1.0)
+    events.drain(3)
+    found: dict[str, list[dict]] = {job_id: [] for job_id in wanted}
+    for attrs, data in events.received:
+        if attrs.get("job_id") in found:
+            found[attrs["job_id"]].append(data)
+    return found
+
+
+#: What the CloudEvents HTTP binding leaves unencoded in a header value: printable ASCII but `"` and `%`.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+
+
+def deliver_finalize(env: dict[str, str], blob: storage.Blob, event_id: str) -> int:
+    """POST the finalize event of `blob` straight to SUBMIT_URL as Eventarc would, its `ce-*` header
+    values percent-encoded as the CloudEvents HTTP binding requires beyond printable ASCII."""
+    blob.reload()
+    attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": blob.bucket.name, "objectId": blob.name,
+                  "payloadFormat": "JSON_API_V1"}
+    headers, body = storage_event(event_id, attributes, json.dumps(blob._properties).encode()).http()
+    headers = {key: quote(value, safe=_HEADER_SAFE) for key, value in headers.items()}
+    return httpx.post(env["SUBMIT_URL"], headers=headers, content=body, timeout=120).status_code
+
+
+def check_output_layout(env: dict[str, str], jobs: dict[str, dict], events: dict[str, list[dict]],
+                        objects: Iterable[str]) -> None:
+    """Every object belongs to exactly one job's output or staging prefix, under OUTPUT_PREFIX, with a
+    name Cloud Storage allows and no segment a file system would resolve; the jobs' outputs (as their
+    events name them) are under their own prefixes, and no two jobs share one."""
+    bucket, base = env["OUTPUT_BUCKET"], env["OUTPUT_PREFIX"]
+    prefixes = {}
+    for key, job in jobs.items():
+        paths = paths_of(env, job)
+        prefixes[key] = (paths.prefix.removeprefix(f"gs://{bucket}/"), paths.staging.removeprefix(f"gs://{bucket}/"))
+    for key, (prefix, staging) in prefixes.items():
+        assert prefix.startswith(base) and not prefix.startswith(base + "_staging/"), (key, prefix)
+        assert staging.startswith(base + "_staging/"), (key, staging)
+        for event in events.get(key, []):
+            output = event.get("output") or {}
+            for uri in [*output.get("embeddings", []), *output.get("parquet", []), output.get("manifest"),
+                        output.get("errors")]:
+                assert uri is None or uri.startswith(f"gs://{bucket}/{prefix}"), (key, uri)
+    assert len({p for p, _ in prefixes.values()}) == len(prefixes), "two jobs share an output prefix"
+    for name in objects:
+        owners = [key for key, (prefix, staging) in prefixes.items() if name.startswith((prefix, staging))]
+        assert name.startswith(base), f"{name!r} is outside OUTPUT_PREFIX {base!r}"
+        assert len(owners) == 1, f"{name!r} belongs to {owners or 'no job'}"
+        assert not {"", ".", ".."} & set(name.split("/")), f"{name!r} has a segment a file system would resolve"
+        assert len(name.encode()) <= 1024, f"{name!r} is longer than Cloud Storage allows"
