@@ -1,0 +1,89 @@
+"""The emulator's own routes under /_emulator (no key): health, fault plan, reset, stats."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .emulator import Emulator
+from .faults import FaultPlanError
+from .web import error_response, json_response, read_body
+from .wire import ApiError, error_body
+
+__all__ = ["admin_routes"]
+
+log = logging.getLogger("gemini_emulator")
+
+
+def admin_routes(emu: Emulator) -> list[Route]:
+    """Health answers at once, even while the model loads ("ready": false)."""
+
+    async def health(request: Request) -> Response:
+        embedder = emu.embedder
+        body: dict[str, Any] = {
+            "status": "ok" if embedder.error is None else "error",
+            "model": embedder.name or emu.intended_model,
+            "ready": embedder.ready,
+            "dimensions": 3072,
+        }
+        if embedder.model_dimensions:
+            body["encoderDimensions"] = embedder.model_dimensions
+        if embedder.load_seconds is not None:
+            body["loadSeconds"] = round(embedder.load_seconds, 3)
+        if embedder.error:
+            body["error"] = embedder.error
+        return json_response(body, 200 if embedder.error is None else 500)
+
+    async def faults_route(request: Request) -> Response:
+        if request.method == "GET":
+            return json_response(emu.faults.snapshot())
+        if request.method == "DELETE":
+            emu.faults.clear()
+            emu.engine.notify()
+            return json_response({})
+        try:
+            plan = emu.faults.replace(await read_body(request))
+        except FaultPlanError as exc:
+            return json_response(error_body(400, str(exc)), 400)
+        except ApiError as exc:
+            return error_response(exc)
+        emu.engine.notify()
+        log.info("fault plan replaced: %s", sorted(plan))
+        return json_response(plan)
+
+    async def reset(request: Request) -> Response:
+        emu.store.reset()
+        emu.faults.clear()
+        emu.stats.clear()
+        emu.embedder.clear_cache()
+        log.info("reset: batches, files, faults, stats and the embedding cache cleared")
+        return json_response({})
+
+    async def stats(request: Request) -> Response:
+        calls = emu.stats.snapshot()
+        with emu.store.lock:
+            started = list(emu.store.started)
+            states = Counter(b.state for b in emu.store.batches.values())
+        return json_response(
+            {
+                "calls": calls,
+                "total": sum(calls.values()),
+                "batchesStarted": started,
+                "batchStates": dict(states),
+                "encodedTexts": emu.embedder.encoded_texts,
+                "cacheHits": emu.embedder.cache_hits,
+                "faultsInjected": emu.faults.injected,
+            }
+        )
+
+    return [
+        Route("/_emulator/health", health, methods=["GET"]),
+        Route("/_emulator/faults", faults_route, methods=["GET", "PUT", "DELETE"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
+        Route("/_emulator/stats", stats, methods=["GET"]),
+    ]

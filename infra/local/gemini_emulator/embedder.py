@@ -1,0 +1,138 @@
+"""Texts -> gemini-embedding-001-shaped vectors: encoder (loaded in the background), lift, LRU cache.
+
+Guarantees: the same text always gives the same 3072-d unit vector in a process (cached by a
+blake2b hash of the text, bounded LRU); the encoder loads once, on a background thread started at
+boot, so the HTTP server answers health checks while it loads; callers that need vectors wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from .encoder import TextEncoder
+from .lift import DimensionLift
+from .wire import ApiError
+
+__all__ = ["Embedder", "TARGET_DIMS"]
+
+TARGET_DIMS = 3072
+log = logging.getLogger("gemini_emulator")
+
+
+class Embedder:
+    """Thread-safe; `embed` runs the model once per call for the texts it has not seen."""
+
+    def __init__(self, factory: Callable[[], TextEncoder], cache_entries: int = 20_000) -> None:
+        self._factory = factory
+        self._cache_entries = cache_entries
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        self._loaded = threading.Event()
+        self._encoder: TextEncoder | None = None
+        self._lift: DimensionLift | None = None
+        self.error: str | None = None
+        self.load_seconds: float | None = None
+        self.cache_hits = 0
+        self.encoded_texts = 0
+
+    # -- loading -------------------------------------------------------------------------------
+    def start_loading(self) -> None:
+        """Load the encoder on a daemon thread; returns at once."""
+        threading.Thread(target=self._load, name="emulator-model-load", daemon=True).start()
+
+    def _load(self) -> None:
+        with self._load_lock:
+            if self._loaded.is_set():
+                return
+            started = time.monotonic()
+            try:
+                encoder = self._factory()
+                self._lift = DimensionLift(encoder.dimensions, TARGET_DIMS)
+                self._encoder = encoder
+                self.load_seconds = time.monotonic() - started
+                log.info("encoder %s loaded in %.2fs", encoder.name, self.load_seconds)
+            except Exception as exc:  # surfaced on every request that needs the model
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.error("encoder failed to load: %s", self.error)
+            finally:
+                self._loaded.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._encoder is not None
+
+    @property
+    def name(self) -> str | None:
+        return self._encoder.name if self._encoder else None
+
+    @property
+    def model_dimensions(self) -> int | None:
+        return self._encoder.dimensions if self._encoder else None
+
+    def wait_ready(self, timeout: float = 120.0) -> TextEncoder:
+        """The loaded encoder; loads it here if nobody started loading. Raises ApiError 500/503."""
+        if not self._loaded.is_set() and not self._load_lock.locked():
+            self._load()
+        if not self._loaded.wait(timeout):
+            raise ApiError(503, f"The embedding model is still loading after {timeout:.0f}s; retry later.")
+        if self._encoder is None:
+            raise ApiError(500, f"The emulator's embedding model failed to load: {self.error}")
+        return self._encoder
+
+    # -- embedding ----------------------------------------------------------------------------
+    @staticmethod
+    def _key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+    def model_vectors(self, texts: Sequence[str]) -> np.ndarray:
+        """(n, model dims) unit vectors, from the cache where possible."""
+        encoder = self.wait_ready()
+        keys = [self._key(t) for t in texts]
+        out = np.empty((len(texts), encoder.dimensions), dtype=np.float32)
+        missing: dict[bytes, list[int]] = {}
+        with self._cache_lock:
+            for i, key in enumerate(keys):
+                cached = self._cache.get(key)
+                if cached is None:
+                    missing.setdefault(key, []).append(i)
+                else:
+                    self._cache.move_to_end(key)
+                    out[i] = cached
+                    self.cache_hits += 1
+        if missing:
+            order = list(missing)
+            vectors = encoder.encode([texts[missing[k][0]] for k in order])
+            self.encoded_texts += len(order)
+            with self._cache_lock:
+                for key, vector in zip(order, vectors, strict=True):
+                    for i in missing[key]:
+                        out[i] = vector
+                    if self._cache_entries:
+                        self._cache[key] = vector
+                        self._cache.move_to_end(key)
+                while len(self._cache) > self._cache_entries:
+                    self._cache.popitem(last=False)
+        return out
+
+    def embed(self, texts: Sequence[str], dims: int = TARGET_DIMS) -> np.ndarray:
+        """(n, dims) float32: the first `dims` of each text's 3072-d unit vector (one model run for the
+        uncached texts); rows are unit-norm only when dims == 3072."""
+        vectors = self.model_vectors(texts)
+        assert self._lift is not None
+        return self._lift(vectors, dims)
+
+    def lengths(self, texts: Sequence[str]) -> list[int]:
+        """The encoder's batching cost of each text (tokens for the ONNX model)."""
+        return self.wait_ready().lengths(texts)
+
+    def clear_cache(self) -> None:
+        with self._cache_lock:
+            self._cache.clear()

@@ -1,0 +1,160 @@
+"""The emulator's parts wired together, and the pipeline every API request goes through."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .config import EmulatorSettings
+from .embedder import Embedder
+from .encoder import OnnxMiniLMEncoder, SentenceTransformersEncoder, TextEncoder
+from .engine import Engine
+from .faults import Faults, parse_fault_header
+from .store import Store
+from .web import error_response
+from .wire import ApiError
+
+__all__ = ["Emulator", "Stats"]
+
+log = logging.getLogger("gemini_emulator")
+
+_MISSING_KEY = (
+    "Method doesn't allow unregistered callers (callers without established identity). "
+    "Please use API Key or other form of API consumer identity to call this API."
+)
+_INVALID_KEY_DETAILS = [
+    {
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "API_KEY_INVALID",
+        "domain": "googleapis.com",
+        "metadata": {"service": "generativelanguage.googleapis.com"},
+    }
+]
+
+
+class Stats:
+    """Calls per endpoint, for the benchmarks' provider-calls-per-job figures."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: Counter[str] = Counter()
+
+    def count(self, endpoint: str) -> None:
+        with self._lock:
+            self._calls[endpoint] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._calls)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._calls.clear()
+
+
+def _default_encoder_factory(settings: EmulatorSettings) -> Callable[[], TextEncoder]:
+    if settings.encoder == "sentence-transformers":
+        return lambda: SentenceTransformersEncoder(settings.st_model, settings.threads, settings.max_tokens)
+    return lambda: OnnxMiniLMEncoder(
+        settings.model_path, settings.tokenizer_path, settings.max_tokens, settings.threads
+    )
+
+
+class Emulator:
+    """The emulator's parts, wired: store, faults, embedder, engine, stats."""
+
+    def __init__(
+        self,
+        settings: EmulatorSettings,
+        encoder_factory: Callable[[], TextEncoder] | None = None,
+        emit_defaults: bool | None = None,
+    ) -> None:
+        self.settings = settings
+        self._own_dir = settings.data_dir is None
+        self.data_dir = Path(settings.data_dir or tempfile.mkdtemp(prefix="gemini-emulator-"))
+        self.store = Store(
+            self.data_dir, emit_defaults=settings.emit_defaults if emit_defaults is None else emit_defaults
+        )
+        self.faults = Faults(settings.faults_json)
+        self.embedder = Embedder(
+            encoder_factory or _default_encoder_factory(settings), settings.cache_entries
+        )
+        self.engine = Engine(
+            self.store,
+            self.embedder,
+            self.faults,
+            workers=settings.workers,
+            model_batch_size=settings.model_batch_size,
+            window_size=settings.window_size,
+            shuffle_above=settings.shuffle_above,
+            strict=settings.strict,
+        )
+        self.stats = Stats()
+        self.intended_model = (
+            "all-MiniLM-L6-v2-onnx-int8" if settings.encoder == "onnx" else "sentence-transformers"
+        )
+
+    def start(self) -> None:
+        self.engine.start()
+        if self.settings.preload:
+            self.embedder.start_loading()
+
+    def close(self) -> None:
+        self.engine.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    # -- request plumbing ------------------------------------------------------------------------
+    def check_key(self, request: Request) -> None:
+        key = request.headers.get("x-goog-api-key") or request.query_params.get("key")
+        if not key:
+            raise ApiError(403, _MISSING_KEY)
+        expected = self.settings.api_key
+        if expected is not None and not hmac.compare_digest(key.encode(), expected.encode()):
+            raise ApiError(
+                400, "API key not valid. Please pass a valid API key.", details=_INVALID_KEY_DETAILS
+            )
+
+    async def api(
+        self,
+        request: Request,
+        endpoint: str,
+        handler: Callable[[], Awaitable[Response]],
+        *,
+        key: bool = True,
+        create: bool = False,
+    ) -> Response:
+        started = time.perf_counter()
+        self.stats.count(endpoint)
+        try:
+            if key:
+                self.check_key(request)
+            header = request.headers.get("x-emulator-fault")
+            if header:
+                raise parse_fault_header(header)
+            fault = self.faults.take_http_5xx(request.url.path)
+            if fault is None and create:
+                fault = self.faults.take_create_429()
+            if fault is not None:
+                raise fault
+            response = await handler()
+        except ApiError as exc:
+            response = error_response(exc)
+        log.info(
+            "%s %s -> %d (%.1f ms)",
+            request.method,
+            request.url.path,  # never the query string: it may carry the key
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response

@@ -1,0 +1,332 @@
+"""In-memory registry of batches, files and upload sessions; file bytes live on disk.
+
+One re-entrant lock guards everything; holders do only bookkeeping under it (no model runs, no
+disk I/O beyond unlink). Resources are rendered in the live API's proto3 JSON shape: lowerCamelCase,
+int64 as strings, and fields at their default value (false, 0, empty lists) omitted, unless the
+store was built with `emit_defaults=True`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .faults import BatchFate
+from .schema import InlineRequest
+from .wire import ApiError, new_id, page_token, parse_page_token, rfc3339
+
+__all__ = [
+    "EMBED_BATCH_TYPE",
+    "EMBED_OUTPUT_TYPE",
+    "MAX_FILE_BYTES",
+    "Batch",
+    "FileRecord",
+    "ItemResult",
+    "State",
+    "Store",
+    "UploadSession",
+]
+
+EMBED_BATCH_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1beta.EmbedContentBatch"
+EMBED_OUTPUT_TYPE = "type.googleapis.com/google.ai.generativelanguage.v1beta.EmbedContentBatchOutput"
+MAX_FILE_BYTES = 2 * 1024**3
+FILE_TTL_SECONDS = 48 * 3600
+DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_SIZE = 1000
+
+
+class State:
+    PENDING = "BATCH_STATE_PENDING"
+    RUNNING = "BATCH_STATE_RUNNING"
+    SUCCEEDED = "BATCH_STATE_SUCCEEDED"
+    FAILED = "BATCH_STATE_FAILED"
+    CANCELLED = "BATCH_STATE_CANCELLED"
+    EXPIRED = "BATCH_STATE_EXPIRED"
+    TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+
+
+@dataclass
+class ItemResult:
+    """One item's outcome: a (possibly truncated) vector, or a google.rpc.Status."""
+
+    vector: np.ndarray | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class FileRecord:
+    id: str
+    path: Path
+    mime_type: str
+    size_bytes: int
+    sha256_hex: str
+    source: str  # UPLOADED | GENERATED
+    display_name: str | None = None
+    create_time: float = field(default_factory=time.time)
+    seq: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"files/{self.id}"
+
+    def resource(self, base_url: str, version: str = "v1beta") -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.display_name:
+            out["displayName"] = self.display_name
+        out["mimeType"] = self.mime_type
+        if self.size_bytes:
+            out["sizeBytes"] = str(self.size_bytes)
+        out["createTime"] = rfc3339(self.create_time)
+        out["updateTime"] = rfc3339(self.create_time)
+        out["expirationTime"] = rfc3339(self.create_time + FILE_TTL_SECONDS)
+        # As the live API shows it: base64 of the hex digest.
+        out["sha256Hash"] = base64.b64encode(self.sha256_hex.encode()).decode()
+        out["uri"] = f"{base_url}/{version}/files/{self.id}"
+        if self.source == "GENERATED":
+            out["downloadUri"] = f"{base_url}/download/{version}/files/{self.id}:download?alt=media"
+        out["state"] = "ACTIVE"
+        out["source"] = self.source
+        return out
+
+
+@dataclass
+class UploadSession:
+    token: str
+    file_id: str
+    path: Path
+    mime_type: str
+    declared_size: int | None
+    display_name: str | None
+    hasher: Any
+    received: int = 0
+    finished: bool = False
+    busy: bool = False
+
+
+@dataclass
+class Batch:
+    id: str
+    model: str
+    display_name: str
+    priority: int
+    seq: int
+    fate: BatchFate
+    not_before: float
+    inline: list[InlineRequest] | None = None
+    input_file: str | None = None
+    create_time: float = field(default_factory=time.time)
+    update_time: float = 0.0
+    end_time: float | None = None
+    state: str = State.PENDING
+    request_count: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    results: list[ItemResult] | None = None  # inline output, in output order
+    result_metadata: list[Any] | None = None
+    responses_file: str | None = None
+    error: dict[str, Any] | None = None
+    deleted: bool = False
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def name(self) -> str:
+        return f"batches/{self.id}"
+
+    @property
+    def done(self) -> bool:
+        return self.state in State.TERMINAL
+
+    def _output(self) -> dict[str, Any] | None:
+        if self.state != State.SUCCEEDED:
+            return None
+        if self.responses_file is not None:
+            return {"responsesFile": self.responses_file}
+        entries = []
+        for metadata, result in zip(self.result_metadata or [], self.results or [], strict=True):
+            entry: dict[str, Any] = {}
+            if metadata is not None:
+                entry["metadata"] = metadata
+            if result.error is not None:
+                entry["error"] = result.error
+            else:
+                entry["response"] = {"embedding": {"values": result.vector}}
+            entries.append(entry)
+        return {"inlinedResponses": {"inlinedResponses": entries}} if entries else {"inlinedResponses": {}}
+
+    def operation(self, emit_defaults: bool = False) -> dict[str, Any]:
+        """The google.longrunning.Operation the API returns for this batch."""
+
+        def put(target: dict[str, Any], key: str, value: Any, default: Any) -> None:
+            if emit_defaults or value != default:
+                target[key] = value
+
+        stats: dict[str, Any] = {}
+        pending = max(self.request_count - self.succeeded - self.failed, 0)
+        put(stats, "requestCount", str(self.request_count), "0")
+        put(stats, "successfulRequestCount", str(self.succeeded), "0")
+        put(stats, "failedRequestCount", str(self.failed), "0")
+        put(stats, "pendingRequestCount", str(pending), "0")
+        metadata: dict[str, Any] = {
+            "@type": EMBED_BATCH_TYPE,
+            "name": self.name,
+            "model": self.model,
+            "displayName": self.display_name,
+        }
+        if self.input_file is not None:
+            metadata["inputConfig"] = {"fileName": self.input_file}
+        metadata["createTime"] = rfc3339(self.create_time)
+        metadata["updateTime"] = rfc3339(self.update_time or self.create_time)
+        if self.end_time is not None:
+            metadata["endTime"] = rfc3339(self.end_time)
+        put(metadata, "batchStats", stats, {})
+        metadata["state"] = self.state
+        put(metadata, "priority", str(self.priority), "0")
+        output = self._output()
+        if output is not None:
+            metadata["output"] = output
+        op: dict[str, Any] = {"name": self.name, "metadata": metadata}
+        put(op, "done", self.done, False)
+        if self.error is not None:
+            op["error"] = self.error
+        if output is not None:
+            op["response"] = {"@type": EMBED_OUTPUT_TYPE, **output}
+        return op
+
+
+def _page(items: list[Any], page_size: int | None, token: str | None) -> tuple[list[Any], str | None]:
+    """Newest-first page of `items` (each with .seq); the token resumes below the last seq shown."""
+    size = DEFAULT_PAGE_SIZE if not page_size else min(page_size, MAX_PAGE_SIZE)
+    if page_size is not None and page_size < 0:
+        raise ApiError(400, f"pageSize must not be negative, got {page_size}.")
+    ordered = sorted(items, key=lambda x: x.seq, reverse=True)
+    if token:
+        below = parse_page_token(token)
+        ordered = [x for x in ordered if x.seq < below]
+    page = ordered[:size]
+    next_token = page_token(page[-1].seq) if len(ordered) > size else None
+    return page, next_token
+
+
+class Store:
+    """Batches, files and upload sessions of one emulator process."""
+
+    def __init__(self, data_dir: Path, emit_defaults: bool = False) -> None:
+        self.lock = threading.RLock()
+        self.data_dir = data_dir
+        self.files_dir = data_dir / "files"
+        self.work_dir = data_dir / "work"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.emit_defaults = emit_defaults
+        self.batches: dict[str, Batch] = {}
+        self.files: dict[str, FileRecord] = {}
+        self.uploads: dict[str, UploadSession] = {}
+        self.started: list[str] = []
+        self.generation = 0
+        self._seq = 0
+        self.on_change: Callable[[], None] = lambda: None
+
+    def next_seq(self) -> int:
+        with self.lock:
+            self._seq += 1
+            return self._seq
+
+    # -- batches ---------------------------------------------------------------------------------
+    def add_batch(self, batch: Batch) -> None:
+        with self.lock:
+            self.batches[batch.id] = batch
+        self.on_change()
+
+    def batch(self, batch_id: str) -> Batch:
+        with self.lock:
+            batch = self.batches.get(batch_id)
+            if batch is None or batch.deleted:
+                raise ApiError(404, "Requested entity was not found.")
+            return batch
+
+    def list_batches(self, page_size: int | None, token: str | None) -> tuple[list[Batch], str | None]:
+        with self.lock:
+            return _page([b for b in self.batches.values() if not b.deleted], page_size, token)
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        """Best effort, idempotent: PENDING ends CANCELLED now, RUNNING at its next model batch."""
+        with self.lock:
+            batch = self.batch(batch_id)
+            if batch.state == State.PENDING:
+                batch.state = State.CANCELLED
+                batch.end_time = batch.update_time = time.time()
+            batch.stop.set()
+        self.on_change()
+        return batch
+
+    def delete_batch(self, batch_id: str) -> None:
+        with self.lock:
+            batch = self.batch(batch_id)
+            batch.deleted = True
+            batch.stop.set()
+            del self.batches[batch_id]
+
+    # -- files ---------------------------------------------------------------------------------
+    def new_file_id(self, wanted: str | None = None) -> str:
+        with self.lock:
+            if wanted is not None:
+                if wanted in self.files or any(s.file_id == wanted for s in self.uploads.values()):
+                    raise ApiError(409, f"File files/{wanted} already exists.", status="ALREADY_EXISTS")
+                return wanted
+            while True:
+                candidate = new_id(12)
+                if candidate not in self.files:
+                    return candidate
+
+    def add_file(self, record: FileRecord) -> FileRecord:
+        with self.lock:
+            record.seq = self.next_seq()
+            self.files[record.id] = record
+            return record
+
+    def file(self, file_id: str) -> FileRecord:
+        with self.lock:
+            record = self.files.get(file_id)
+            if record is None:
+                # What the live Files API answers for a missing (or someone else's) file.
+                raise ApiError(
+                    403, f"You do not have permission to access the File {file_id} or it may not exist."
+                )
+            return record
+
+    def list_files(self, page_size: int | None, token: str | None) -> tuple[list[FileRecord], str | None]:
+        with self.lock:
+            return _page(list(self.files.values()), page_size, token)
+
+    def delete_file(self, file_id: str) -> None:
+        with self.lock:
+            record = self.file(file_id)
+            del self.files[file_id]
+        with contextlib.suppress(FileNotFoundError):
+            record.path.unlink()
+
+    # -- everything ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget all batches, files and sessions (running batches stop) and delete their bytes."""
+        with self.lock:
+            for batch in self.batches.values():
+                batch.deleted = True
+                batch.stop.set()
+            self.batches.clear()
+            self.files.clear()
+            self.uploads.clear()
+            self.started.clear()
+            self.generation += 1
+            for folder in (self.files_dir, self.work_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True, exist_ok=True)
+        self.on_change()
