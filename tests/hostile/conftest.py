@@ -21,17 +21,14 @@ test), `events` (a fresh subscription on the completion events topic).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from infra.local.stack import COMPONENTS, LocalStack, stop_orphaned
-from tests.integration.conftest import PROCESS_ENV_KEYS, ROOT, TEST_OVERRIDES, GeminiEmulator
-from tests.integration.pipeline_helpers import EventSubscription
+from infra.local.stack import LocalStack
+from tests.integration.conftest import GeminiEmulator, emulator_of, environment_of, events, start_stack  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
 MIB = 1024 * 1024
@@ -47,51 +44,24 @@ class _SuiteStack:
 
     def __init__(self) -> None:
         self.stack: LocalStack | None = None
-        self.saved_env: dict[str, str | None] = {}
+        self._environment: contextlib.AbstractContextManager | None = None
 
     def get(self) -> LocalStack:
         if self.stack is None:
-            self.stack = self._start()
+            self.stack = start_stack("hostile", HOSTILE_OVERRIDES)
+            self._environment = environment_of(self.stack)
+            self._environment.__enter__()
         return self.stack
-
-    def _start(self) -> LocalStack:
-        parent = ROOT / ".local"
-        parent.mkdir(exist_ok=True)
-        stop_orphaned(parent)  # stacks of killed sessions (theirs or ours)
-        for old in parent.glob("hostile-*"):
-            pid = old.name.removeprefix("hostile-")
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists() and not (old / "stack.json").exists():
-                shutil.rmtree(old, ignore_errors=True)
-        overrides = {**TEST_OVERRIDES, **json.loads(os.environ.get("LOCAL_STACK_OVERRIDES", "{}")), **HOSTILE_OVERRIDES}
-        without = {n.strip() for n in os.environ.get("LOCAL_STACK_WITHOUT", "").split(",") if n.strip()}
-        local = LocalStack(ROOT, overrides=overrides, components=[n for n in COMPONENTS if n not in without],
-                           state_dir=parent / f"hostile-{os.getpid()}")
-        local.start()
-        self.saved_env = {key: os.environ.get(key) for key in PROCESS_ENV_KEYS}
-        os.environ.update({key: local.env[key] for key in PROCESS_ENV_KEYS if key in local.env})
-        _clear_settings_cache()
-        return local
 
     def stop(self) -> None:
         if self.stack is None:
             return
         local, self.stack = self.stack, None
-        for key, value in self.saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _clear_settings_cache()
+        self._environment.__exit__(None, None, None)
         local.stop()
 
 
 _SUITE = _SuiteStack()
-
-
-def _clear_settings_cache() -> None:
-    from shared.config import get_settings
-
-    get_settings.cache_clear()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -120,18 +90,4 @@ def clean_stack(stack: LocalStack) -> LocalStack:
 
 @pytest.fixture
 def gemini_emulator(stack: LocalStack) -> Iterator[GeminiEmulator]:
-    if "gemini" not in stack.parts:
-        pytest.skip(f"no Gemini emulator in the stack: {stack.skipped.get('gemini', 'not selected')}")
-    emulator = GeminiEmulator(stack.env["GEMINI_API_BASE_URL"], stack.env["GEMINI_API_KEY"])
-    emulator.clear_faults()
-    try:
-        yield emulator
-    finally:
-        emulator.clear_faults()
-
-
-@pytest.fixture
-def events(clean_stack: LocalStack) -> Iterator[EventSubscription]:
-    subscription = EventSubscription(clean_stack.env["GOOGLE_CLOUD_PROJECT"], clean_stack.env["EVENTS_TOPIC"])
-    yield subscription
-    subscription.close()
+    yield from emulator_of(stack)

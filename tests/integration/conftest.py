@@ -15,6 +15,7 @@ LOCAL_STACK_WITHOUT, comma-separated parts not to start (e.g. `gemini,ticker`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,11 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 
 from infra.local.stack import COMPONENTS, LocalStack, stop_orphaned
+from shared.config import get_settings
+from tests.integration.pipeline_helpers import EventSubscription
 
 ROOT = Path(__file__).resolve().parents[2]
 # Faster than the defaults, so tests wait less; still real retries and real ticks.
@@ -45,47 +49,47 @@ PROCESS_ENV_KEYS = (
 )
 
 
-def _session_state_dir() -> Path:
-    """`.local/pytest-PID`: its logs stay there after the session. Stacks of earlier sessions that were
+def state_dir(kind: str) -> Path:
+    """`.local/KIND-PID`: its logs stay there after the session. Stacks of earlier sessions that were
     killed before they could stop theirs are stopped now, and ended sessions' directories removed
     (never those of a session still running: several may run at once)."""
     parent = ROOT / ".local"
     parent.mkdir(exist_ok=True)
     stop_orphaned(parent)
-    for old in parent.glob("pytest-*"):
-        pid = old.name.removeprefix("pytest-")
+    for old in parent.glob(f"{kind}-*"):
+        pid = old.name.removeprefix(f"{kind}-")
         if pid.isdigit() and not Path(f"/proc/{pid}").exists() and not (old / "stack.json").exists():
             shutil.rmtree(old, ignore_errors=True)
-    return parent / f"pytest-{os.getpid()}"
+    return parent / f"{kind}-{os.getpid()}"
 
 
-def _clear_settings_cache() -> None:
-    try:
-        from shared.config import get_settings
-    except ImportError:
-        return
-    get_settings.cache_clear()
+def start_stack(kind: str, extra_overrides: dict[str, str] | None = None) -> LocalStack:
+    """A started LocalStack on free ports with the tests' settings, LOCAL_STACK_OVERRIDES and
+    `extra_overrides` (LOCAL_STACK_WITHOUT leaves parts out)."""
+    overrides = {**TEST_OVERRIDES, **json.loads(os.environ.get("LOCAL_STACK_OVERRIDES", "{}")), **(extra_overrides or {})}
+    without = {name.strip() for name in os.environ.get("LOCAL_STACK_WITHOUT", "").split(",") if name.strip()}
+    components = [name for name in COMPONENTS if name not in without]
+    return LocalStack(ROOT, overrides=overrides, components=components, state_dir=state_dir(kind)).start()
+
+
+@contextlib.contextmanager
+def environment_of(local: LocalStack) -> Iterator[None]:
+    """This process's settings and Google clients point at `local` inside the block; restored after."""
+    with mock.patch.dict(os.environ, {key: local.env[key] for key in PROCESS_ENV_KEYS if key in local.env}):
+        get_settings.cache_clear()
+        try:
+            yield
+        finally:
+            get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    overrides = {**TEST_OVERRIDES, **json.loads(os.environ.get("LOCAL_STACK_OVERRIDES", "{}"))}
-    without = {name.strip() for name in os.environ.get("LOCAL_STACK_WITHOUT", "").split(",") if name.strip()}
-    components = [name for name in COMPONENTS if name not in without]
-    local = LocalStack(ROOT, overrides=overrides, components=components, state_dir=_session_state_dir())
-    local.start()
-    saved = {key: os.environ.get(key) for key in PROCESS_ENV_KEYS}
+    local = start_stack("pytest")
     try:
-        os.environ.update({key: local.env[key] for key in PROCESS_ENV_KEYS if key in local.env})
-        _clear_settings_cache()
-        yield local
+        with environment_of(local):
+            yield local
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        _clear_settings_cache()
         local.stop()
 
 
@@ -109,8 +113,8 @@ class GeminiEmulator:
         httpx.delete(f"{self.base_url}/_emulator/faults", timeout=10, trust_env=False).raise_for_status()
 
 
-@pytest.fixture
-def gemini_emulator(stack: LocalStack) -> Iterator[GeminiEmulator]:
+def emulator_of(stack: LocalStack) -> Iterator[GeminiEmulator]:
+    """The stack's Gemini emulator, its faults cleared before and after."""
     if "gemini" not in stack.parts:
         pytest.skip(f"no Gemini emulator in the stack: {stack.skipped.get('gemini', 'not selected')}")
     emulator = GeminiEmulator(stack.env["GEMINI_API_BASE_URL"], stack.env["GEMINI_API_KEY"])
@@ -119,3 +123,16 @@ def gemini_emulator(stack: LocalStack) -> Iterator[GeminiEmulator]:
         yield emulator
     finally:
         emulator.clear_faults()
+
+
+@pytest.fixture
+def gemini_emulator(stack: LocalStack) -> Iterator[GeminiEmulator]:
+    yield from emulator_of(stack)
+
+
+@pytest.fixture
+def events(clean_stack: LocalStack) -> Iterator[EventSubscription]:
+    """A fresh subscription on the completion events topic (after the stack's reset)."""
+    subscription = EventSubscription(clean_stack.env["GOOGLE_CLOUD_PROJECT"], clean_stack.env["EVENTS_TOPIC"])
+    yield subscription
+    subscription.close()

@@ -10,7 +10,7 @@ import pytest
 from google.cloud import firestore
 
 from shared.domain.jobs import job_id_for
-from tests.integration.pipeline_helpers import EventSubscription, jsonl_records, read_gs, read_vectors, upload
+from tests.integration.pipeline_helpers import jsonl_records, read_gs, read_vectors, upload
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +21,6 @@ TEXTS = [
     "Stock markets rallied after the earnings report.",
     "How do I reset my password?",
 ]
-
-
-@pytest.fixture
-def events(clean_stack):
-    subscription = EventSubscription(clean_stack.env["GOOGLE_CLOUD_PROJECT"], clean_stack.env["EVENTS_TOPIC"])
-    yield subscription
-    subscription.close()
 
 
 def test_a_landed_file_ends_as_unit_vectors_and_one_event(clean_stack, events):

@@ -26,7 +26,7 @@ from shared.gemini import GeminiClient
 from shared.services.complete import complete_job
 from shared.services.poll import poll_job
 from shared.services.submit import SubmitOutcome, submit_object
-from tests.integration.pipeline_helpers import EventSubscription, jsonl_records, read_gs, read_vectors, upload
+from tests.integration.pipeline_helpers import jsonl_records, read_gs, read_vectors, upload
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +36,6 @@ TEXTS = [f"passage {i} about {topic}" for i, topic in enumerate(
 
 class Crash(BaseException):
     """The process dies here: nothing catches it, nothing is saved after it."""
-
-
-@pytest.fixture
-def events(clean_stack):
-    subscription = EventSubscription(clean_stack.env["GOOGLE_CLOUD_PROJECT"], clean_stack.env["EVENTS_TOPIC"])
-    yield subscription
-    subscription.close()
 
 
 def job_doc(env, job_id: str) -> dict:
