@@ -6,7 +6,8 @@ runs never work on one job twice; one job's error never stops the run. Each job 
   else abandon it; past the job's deadline, stop what still runs; when no batch is left running, hand
   the job to `complete` (a message on the complete topic).
 - SUBMITTING, untouched for a while: resume the submission (the submit deliveries gave up or died).
-- COMPLETING, untouched for a while: hand it to `complete` again.
+- COMPLETING, untouched for a while: hand it to `complete` again; still not done a day past the
+  deadline (complete keeps failing): fail it, so that it ends with an event.
 - ended with its event unpublished: publish it.
 """
 
@@ -38,6 +39,9 @@ from shared.services.submit import resume_submission
 __all__ = ["PollSummary", "hand_to_complete", "poll_due_jobs", "poll_job"]
 
 log = get_logger(__name__)
+
+#: How long after its deadline a job may still be completing before it is failed (complete keeps failing).
+COMPLETION_GRACE = timedelta(hours=24)
 
 
 @dataclass
@@ -107,6 +111,11 @@ def poll_job(ctx: Context, job_id: str) -> str:
             if idle < timedelta(minutes=ctx.settings.submit_stale_minutes):
                 return _reschedule(ctx, job, minutes=ctx.settings.submit_stale_minutes)
         elif job.state == JobState.COMPLETING:
+            if job.deadline_at is not None and now >= job.deadline_at + COMPLETION_GRACE:
+                last = f" (last error: {job.last_error.message})" if job.last_error else ""
+                end_job(ctx, job, JobState.FAILED, error=ErrorInfo(
+                    code="COMPLETION_FAILED", message=f"the results could not be written in time{last}"))
+                return "failed_completion"
             if idle >= timedelta(minutes=ctx.settings.complete_stale_minutes):
                 hand_to_complete(ctx, job)
                 return "handed_to_complete"

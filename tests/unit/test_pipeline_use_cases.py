@@ -289,6 +289,18 @@ def test_a_job_past_its_deadline_stops_its_batches_and_ends(ctx):
     assert ctx.jobs.get(result.job_id).error.code == "DEADLINE_EXCEEDED"
 
 
+def test_a_job_whose_results_can_never_be_written_fails_a_day_past_its_deadline(ctx):
+    result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2)))
+    ctx.provider.finish_all()
+    tick(ctx)
+    assert ctx.jobs.get(result.job_id).state == JobState.COMPLETING  # and complete never manages
+    tick(ctx, 60 * ctx.settings.job_deadline_hours)
+    assert ctx.jobs.get(result.job_id).state == JobState.COMPLETING, "handed over again, not failed yet"
+    tick(ctx, 60 * 25)
+    [event] = ctx.publisher.on(EVENTS)
+    assert event["status"] == "FAILED" and event["error"]["code"] == "COMPLETION_FAILED"
+
+
 def test_a_lost_event_is_published_by_the_poller(ctx):
     result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2)))
     ctx.provider.finish_all()
