@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -154,7 +155,8 @@ def test_an_upload_reaches_the_target_as_eventarcs_storage_cloudevent_with_retry
     assert headers["ce-specversion"] == "1.0"
     assert headers["ce-type"] == "google.cloud.storage.object.v1.finalized"
     assert headers["ce-source"] == f"//storage.googleapis.com/projects/_/buckets/{bucket_name}"
-    assert headers["ce-subject"] == f"objects/{blob.name}"
+    # Header values are percent-encoded (CloudEvents HTTP binding): the name's space travels as %20.
+    assert " " not in headers["ce-subject"] and urllib.parse.unquote(headers["ce-subject"]) == f"objects/{blob.name}"
     assert headers["ce-bucket"] == bucket_name
     assert headers["ce-time"].endswith("Z")
     assert headers["content-type"] == "application/json"
