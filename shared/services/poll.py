@@ -94,39 +94,42 @@ def poll_due_jobs(ctx: Context) -> PollSummary:
 def poll_job(ctx: Context, job_id: str) -> str:
     """Move one job forward; returns what was done. Raises LeaseHeld when another worker has it."""
     with leased(ctx, job_id) as job:
-        if job.terminal:
-            publish_completion(ctx, job)
-            return "event_published"
-        if job.cancel_requested:
-            cancel_held(ctx, job)
-            return "cancelled"
-        now = ctx.clock()
-        idle = now - job.updated_at
-        if job.state == JobState.SUBMITTING and job.deadline_at is not None and now >= job.deadline_at:
-            last = f" (last error: {job.last_error.message})" if job.last_error else ""
-            end_job(ctx, job, JobState.FAILED, error=ErrorInfo(
-                code="DEADLINE_EXCEEDED", message=f"the submission did not complete before the job's deadline{last}"))
-            return "failed_submission"
-        if job.state == JobState.SUBMITTING:
-            if idle < timedelta(minutes=ctx.settings.submit_stale_minutes):
-                return _reschedule(ctx, job, minutes=ctx.settings.submit_stale_minutes)
-        elif job.state == JobState.COMPLETING:
-            if job.deadline_at is not None and now >= job.deadline_at + COMPLETION_GRACE:
-                last = f" (last error: {job.last_error.message})" if job.last_error else ""
-                end_job(ctx, job, JobState.FAILED, error=ErrorInfo(
-                    code="COMPLETION_FAILED", message=f"the results could not be written in time{last}"))
-                return "failed_completion"
-            if idle >= timedelta(minutes=ctx.settings.complete_stale_minutes):
-                hand_to_complete(ctx, job)
-                return "handed_to_complete"
-            return _reschedule(ctx, job, minutes=ctx.settings.complete_stale_minutes)
-    if job.state == JobState.SUBMITTING:
+        step = _step(ctx, job)
+    if step == "resume_submission":  # under its own lease, as a submit delivery would
         resume_submission(ctx, job_id)
         return "resubmitted"
-    with leased(ctx, job_id) as job:
-        if job.state != JobState.RUNNING:
-            return "skipped"
-        return _advance_running(ctx, job)
+    return step
+
+
+def _step(ctx: Context, job: Job) -> str:
+    if job.terminal:
+        publish_completion(ctx, job)
+        return "event_published"
+    if job.cancel_requested:
+        cancel_held(ctx, job)
+        return "cancelled"
+    now = ctx.clock()
+    idle = now - job.updated_at
+    if job.state == JobState.SUBMITTING:
+        if job.deadline_at is not None and now >= job.deadline_at:
+            return _fail_overdue(ctx, job, "DEADLINE_EXCEEDED", "the submission did not complete before the job's deadline")
+        if idle < timedelta(minutes=ctx.settings.submit_stale_minutes):
+            return _reschedule(ctx, job, minutes=ctx.settings.submit_stale_minutes)
+        return "resume_submission"
+    if job.state == JobState.COMPLETING:
+        if job.deadline_at is not None and now >= job.deadline_at + COMPLETION_GRACE:
+            return _fail_overdue(ctx, job, "COMPLETION_FAILED", "the results could not be written in time")
+        if idle >= timedelta(minutes=ctx.settings.complete_stale_minutes):
+            hand_to_complete(ctx, job)
+            return "handed_to_complete"
+        return _reschedule(ctx, job, minutes=ctx.settings.complete_stale_minutes)
+    return _advance_running(ctx, job)
+
+
+def _fail_overdue(ctx: Context, job: Job, code: str, message: str) -> str:
+    last = f" (last error: {job.last_error.message})" if job.last_error else ""
+    end_job(ctx, job, JobState.FAILED, error=ErrorInfo(code=code, message=message + last))
+    return "failed_overdue"
 
 
 def _advance_running(ctx: Context, job: Job) -> str:
