@@ -110,7 +110,7 @@ def _resubmit_failed_items(ctx: Context, job: Job, paths: JobPaths) -> bool:
     job.next_poll_at = next_poll_at(now, size=sum(s.request_count for s in candidates), age_seconds=0,
                                     minimum=ctx.settings.poll_min_interval_seconds,
                                     maximum=ctx.settings.poll_max_interval_seconds)
-    save(ctx, job)
+    save(ctx, job, last=True)
     return True
 
 

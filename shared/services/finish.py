@@ -56,7 +56,7 @@ def publish_completion(ctx: Context, job: Job) -> Job:
     message_id = ctx.publisher.publish(settings.events_topic, event.data(), event.attributes())
     job.event_published_at = ctx.clock()
     job.next_poll_at = None
-    save(ctx, job)
+    save(ctx, job, last=True)
     log.info("completion event published", job_id=job.job_id, status=event.status, message_id=message_id)
     return job
 

@@ -44,16 +44,19 @@ def _acquire(ctx: Context, job_id: str) -> Job | None:
     return job if taken else None
 
 
-def save(ctx: Context, job: Job) -> Job:
-    """Write `job` as this worker sees it and renew the lease; keeps a cancel request made meanwhile."""
+def save(ctx: Context, job: Job, *, last: bool = False) -> Job:
+    """Write `job` as this worker sees it and renew the lease; keeps a cancel request made meanwhile.
+
+    `last`: the final write of this lease, which it releases in the same write (one write fewer).
+    """
     now = ctx.clock()
 
     def write(stored: Job) -> Job:
         if stored.lease_owner != ctx.owner:
             raise LeaseLost(f"job {job.job_id}: lease taken over by another worker")
         job.cancel_requested = job.cancel_requested or stored.cancel_requested
-        job.lease_owner = ctx.owner
-        job.lease_until = now + timedelta(seconds=ctx.settings.lease_seconds)
+        job.lease_owner = None if last else ctx.owner
+        job.lease_until = None if last else now + timedelta(seconds=ctx.settings.lease_seconds)
         job.updated_at = now
         stored.__dict__.update(job.__dict__)  # the whole document, as this worker holds it
         return stored
@@ -76,7 +79,8 @@ def _release(ctx: Context, job_id: str) -> None:
 def leased(ctx: Context, job_id: str) -> Iterator[Job]:
     """Hold the job's lease for the block; raises `LeaseHeld` when another live worker has it.
 
-    The lease is released on the way out, also on errors; unsaved changes to the yielded job are lost.
+    The lease is released on the way out, also on errors, unless a `save(..., last=True)` released it;
+    unsaved changes to the yielded job are lost.
     """
     job = _acquire(ctx, job_id)
     if job is None:
@@ -84,7 +88,8 @@ def leased(ctx: Context, job_id: str) -> Iterator[Job]:
     try:
         yield job
     finally:
-        _release(ctx, job_id)
+        if job.lease_owner == ctx.owner:
+            _release(ctx, job_id)
 
 
 def renew(ctx: Context, job_id: str) -> None:

@@ -174,14 +174,15 @@ def _advance_running(ctx: Context, job: Job) -> str:
         now, size=job.counts.total, age_seconds=(now - (job.submitted_at or job.created_at)).total_seconds(),
         minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
     )
-    save(ctx, job)
+    save(ctx, job, last=True)
     return "progressed" if job.model_dump_json() != before else "unchanged"
 
 
 def hand_to_complete(ctx: Context, job: Job) -> None:
-    """Publish the job's id on the complete topic; `complete` takes it from there. Saves the job."""
+    """Publish the job's id on the complete topic; `complete` takes it from there. Saves the job (the
+    lease's last write: the publication comes after it)."""
     job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.complete_stale_minutes)
-    save(ctx, job)
+    save(ctx, job, last=True)
     ctx.publisher.publish(
         ctx.settings.complete_topic, json.dumps({"job_id": job.job_id}).encode(), {"job_id": job.job_id},
     )
@@ -190,7 +191,7 @@ def hand_to_complete(ctx: Context, job: Job) -> None:
 
 def _reschedule(ctx: Context, job: Job, minutes: float) -> str:
     job.next_poll_at = ctx.clock() + timedelta(minutes=minutes)
-    save(ctx, job)
+    save(ctx, job, last=True)
     return "rescheduled"
 
 

@@ -109,7 +109,7 @@ def resume_submission(ctx: Context, job_id: str) -> SubmitResult:
             now, size=job.counts.total, age_seconds=0,
             minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
         )
-        save(ctx, job)
+        save(ctx, job, last=True)
         log.info("job submitted", shards=len(job.shards), records=job.counts.total,
                  input_tokens=job.estimate.input_tokens, cost_batch_usd=job.estimate.cost_batch_usd)
         return SubmitResult(SubmitOutcome.SUBMITTED, job_id)
