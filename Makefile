@@ -83,7 +83,8 @@ gemini-emulator: setup
 	$(PY) -m infra.local.gemini_emulator --host 127.0.0.1 --port $(GEMINI_EMULATOR_PORT)
 
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

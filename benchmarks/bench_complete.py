@@ -1,0 +1,382 @@
+"""3. Complete: fetch, normalise and write 100,000 x 768 results, against numpy's normalise-and-save.
+
+The Gemini emulator would need many minutes to embed 100k texts, so `complete` is fed by a provider of our
+own port (`LocalResultsProvider`) that streams a pre-generated responses file from local disk, line by line,
+through the same parsing as the real adapter (`shared.gemini.models.parse_result`, then
+`gemini_provider.to_item_result`); only the HTTP download is missing. Lines are the emulator's format,
+`{"key", "response": {"embedding": {"values": [...]}}}`, float32 values at their shortest digits. The
+staged records file is written in the staging layout (`JobPaths.records`) in fake-gcs-server and the job
+(COMPLETING, one SUCCEEDED shard) in the Firestore emulator; outputs go to fake-gcs-server through
+`GcsBlobStore`. Three child processes, each with its own peak RSS:
+
+- numpy: `np.load` (not timed), then `m /= np.linalg.norm(m, axis=1, keepdims=True); np.save(...)`;
+- complete: `complete_job` itself (the whole use case: records, `write_shard_output`, job saves,
+  manifest, staging cleanup, event); wrappers of the provider and blob-store ports and of
+  `output.load_records` time parsing, uploads and record loading where they happen;
+- stages: the in-memory part of `write_shard_output`'s loop, rebuilt from `output`'s own helpers with a
+  timer per stage (JSONL only counted, Parquet to a local file), on the same responses file.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from benchmarks.common import (
+    BenchRun,
+    Section,
+    Target,
+    TimedBlobStore,
+    child_main,
+    md_table,
+    peak_memory,
+    run_child,
+    stopwatch,
+)
+from shared.ports import BatchProvider, ItemResult, ProviderBatch
+from shared.services.output import BLOCK_ROWS
+
+__all__ = ["NAME", "TITLE", "LocalResultsProvider", "run"]
+
+NAME = "complete"
+TITLE = "3. Complete: fetch, normalise and write 100k x 768 results"
+DIMS = 768
+SECONDS_TARGET = 10.0
+RSS_TARGET_MB = 500
+
+
+class LocalResultsProvider(BatchProvider):
+    """A provider whose every batch's results are one local responses file (the emulator's line format).
+    `seconds` adds up the time spent reading and parsing lines (not the consumer's time between them)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.seconds = 0.0
+
+    def iter_results(self, name: str) -> Iterator[ItemResult]:
+        from shared.adapters.gemini_provider import to_item_result
+        from shared.gemini.models import parse_result
+
+        with self.path.open("rb") as lines:
+            number = 0
+            while True:
+                started = time.perf_counter()
+                line = lines.readline()
+                if not line:
+                    break
+                # decoded, as the real client's `response.iter_lines()` hands over text
+                result = to_item_result(parse_result(orjson.loads(line.decode()), number)) if line.strip() else None
+                number += 1
+                self.seconds += time.perf_counter() - started
+                if result is not None:
+                    yield result
+
+    def upload_requests(self, chunks: Iterable[bytes], size: int, display_name: str) -> str:
+        raise NotImplementedError
+
+    def create_batch(self, **kwargs: Any) -> ProviderBatch:
+        raise NotImplementedError
+
+    def find_batch(self, display_name_suffix: str, created_after: datetime) -> ProviderBatch | None:
+        raise NotImplementedError
+
+    def get_batch(self, name: str) -> ProviderBatch:
+        raise NotImplementedError
+
+    def cancel_batch(self, name: str) -> None:
+        raise NotImplementedError
+
+    def embed(self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int) -> list[list[float]]:
+        raise NotImplementedError
+
+
+# -- setup (in the parent) -----------------------------------------------------------------------------
+
+
+def _generate(workdir: Path, n: int) -> tuple[Path, Path]:
+    """Vectors (n, DIMS) float32 of norm about 1 (as the emulator's truncated ones), saved as .npy and as
+    a responses file, keys "0".."n-1"."""
+    vectors = np.random.default_rng(3).standard_normal((n, DIMS), dtype=np.float32) * np.float32(DIMS ** -0.5)
+    array, responses = workdir / "vectors.npy", workdir / "responses.jsonl"
+    np.save(array, vectors)
+    with responses.open("wb") as out:
+        for start in range(0, n, 1000):
+            out.write(b"".join(
+                orjson.dumps({"key": str(i), "response": {"embedding": {"values": vectors[i]}}},
+                             option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                for i in range(start, min(start + 1000, n))))
+    return array, responses
+
+
+def _seed_job(bench: BenchRun, n: int, responses_bytes: int) -> tuple[str, str]:
+    """The staged records (staging layout, fake-gcs-server) and a COMPLETING job (Firestore); returns
+    (job id, records URI)."""
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_jobs import FirestoreJobRepository
+    from shared.adapters.gcs_blobs import GcsBlobStore
+    from shared.config import Settings
+    from shared.domain.jobs import (
+        Counts,
+        Job,
+        JobState,
+        Shard,
+        ShardMode,
+        ShardState,
+        SourceObject,
+        job_id_for,
+    )
+    from shared.domain.paths import JobPaths
+
+    env = bench.stack.env
+    source = SourceObject(bucket=env["INPUT_BUCKET"], name="manual/bench/complete.jsonl", generation="1",
+                          size=responses_bytes)
+    paths = JobPaths.for_source(source, env["OUTPUT_BUCKET"], env["OUTPUT_PREFIX"])
+    blobs = GcsBlobStore(bench.stack.storage_client())
+    with blobs.open_write(paths.records(0), "application/jsonl") as out:
+        for start in range(0, n, 1000):
+            out.write(b"".join(
+                orjson.dumps({"key": str(i), "id": f"doc-{i}", "title": f"Title {i}",
+                              "metadata": {"n": i, "src": "bench"}}) + b"\n"
+                for i in range(start, min(start + 1000, n))))
+    now = datetime.now(UTC)
+    job = Job(
+        job_id=job_id_for(source.bucket, source.name, source.generation), source=source,
+        options=Settings().default_options(), state=JobState.COMPLETING, created_at=now, updated_at=now,
+        submitted_at=now, deadline_at=now + timedelta(hours=72), next_poll_at=now + timedelta(minutes=15),
+        staged=True, counts=Counts(total=n, succeeded=n),
+        shards=[Shard(index=0, mode=ShardMode.FILE, request_count=n, request_bytes=0,
+                      requests_uri=paths.requests(0), records_uri=paths.records(0), state=ShardState.SUCCEEDED,
+                      batch_attempts=1, batch_name="batches/bench-complete", succeeded=n)],
+    )
+    FirestoreJobRepository(firestore.Client(), env["JOBS_COLLECTION"]).create(job)
+    return job.job_id, paths.records(0)
+
+
+# -- the children ------------------------------------------------------------------------------------------
+
+
+def _numpy(args: dict[str, Any]) -> dict[str, Any]:
+    matrix = np.load(args["array"])
+    before = peak_memory()
+    started = time.perf_counter()
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    np.save(args["out"], matrix)
+    return {"seconds": time.perf_counter() - started, "rss_before_mb": before["vm_rss_mb"]}
+
+
+def _stages(args: dict[str, Any]) -> dict[str, Any]:
+    """The in-memory stages of `write_shard_output`'s loop, rebuilt from `output`'s own helpers with one
+    timer per stage (JSONL only counted, Parquet to a local file), and two variants that the report
+    proposes: the staged records read through `io.BufferedReader`, and Parquet with the embedding column
+    stored uncompressed (the same tables, through `_ParquetSink.write`)."""
+    import pyarrow.parquet as pq
+
+    from shared.bootstrap import build_context
+    from shared.config import Settings
+    from shared.services import output
+
+    ctx = build_context(Settings(input_prefix="manual/"))
+    proposed: dict[str, float] = {}
+    with stopwatch(proposed, "load staged records through io.BufferedReader"):
+        records: dict[str, Any] = {}
+        with ctx.blobs.open_read(args["records_uri"]) as stream:
+            for line in io.BufferedReader(stream, 1 << 20):
+                if line.strip():
+                    row = orjson.loads(line)
+                    records[row["key"]] = output._Item(row["id"], row.get("title"), row.get("metadata") or {})
+    provider = LocalResultsProvider(args["responses"])
+    results = provider.iter_results("batches/bench-complete")
+    seconds: dict[str, float] = {}
+    work = Path(args["workdir"])
+    with (work / "zstd.parquet").open("wb") as zstd_file, (work / "plain.parquet").open("wb") as plain_file:
+        sink = output._ParquetSink(zstd_file, DIMS, records)
+        plain = copy.copy(sink)
+        plain.writer = pq.ParquetWriter(plain_file, sink.schema, compression={
+            field.name: "none" if field.name == "embedding" else "zstd" for field in sink.schema})
+        while block := list(islice(results, BLOCK_ROWS)):
+            with stopwatch(seconds, "match keys, check, to float32 rows"):
+                good, vectors = [], []
+                for result in block:
+                    item = records.get(result.key)
+                    if item is not None and output._problem(result, DIMS) is None:
+                        good.append(item)
+                        vectors.append(np.asarray(result.values, dtype=np.float32))
+            with stopwatch(seconds, "stack + L2 normalise"):
+                matrix = np.vstack(vectors)
+                matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+            with stopwatch(seconds, "JSONL encode"):
+                b"".join(output._jsonl_row(item, row) for item, row in zip(good, matrix, strict=True))
+            with stopwatch(seconds, "Parquet encode (zstd)"):
+                sink.write(good, matrix)
+            with stopwatch(proposed, "Parquet encode, embedding column uncompressed"):
+                plain.write(good, matrix)
+        with stopwatch(seconds, "Parquet encode (zstd)"):
+            sink.close()
+        with stopwatch(proposed, "Parquet encode, embedding column uncompressed"):
+            plain.close()
+    sizes = {name: (work / f"{name}.parquet").stat().st_size for name in ("zstd", "plain")}
+    for name in sizes:
+        (work / f"{name}.parquet").unlink()
+    return {"seconds": {"parse (orjson.loads + parse_result)": provider.seconds, **seconds},
+            "proposed": proposed, "parquet_bytes": sizes}
+
+
+def _complete(args: dict[str, Any]) -> dict[str, Any]:
+    """`complete_job` itself, with the time in parsing, in loading the staged records and in writing to
+    fake-gcs-server taken where it happens (wrappers of the ports and of `output.load_records`)."""
+    from shared.bootstrap import build_context
+    from shared.config import Settings
+    from shared.services import complete as complete_module
+    from shared.services import output
+
+    ctx = build_context(Settings(input_prefix="manual/"))
+    provider, blobs = LocalResultsProvider(args["responses"]), TimedBlobStore(ctx.blobs)
+    ctx = replace(ctx, provider=provider, blobs=blobs).for_invocation()
+    timings: dict[str, float] = {}
+    write_shard_output, load_records = complete_module.write_shard_output, output.load_records
+
+    def timed_write(*a: Any, **k: Any) -> Any:
+        with stopwatch(timings, "write_shard_output"):
+            return write_shard_output(*a, **k)
+
+    def timed_load(*a: Any, **k: Any) -> Any:
+        with stopwatch(timings, "load staged records"):
+            return load_records(*a, **k)
+
+    complete_module.write_shard_output, output.load_records = timed_write, timed_load
+    before = peak_memory()
+    started = time.perf_counter()
+    outcome = complete_module.complete_job(ctx, args["job_id"])
+    seconds = time.perf_counter() - started
+    job = ctx.jobs.get(args["job_id"])
+    shard = job.shards[0]
+    return {"outcome": outcome, "seconds": seconds, "succeeded": job.counts.succeeded,
+            "write_shard_output": timings.get("write_shard_output", 0.0),
+            "load_records": timings.get("load staged records", 0.0), "parse": provider.seconds,
+            "upload": blobs.seconds.get("write", 0.0), "rss_before_mb": before["vm_rss_mb"],
+            "jsonl_bytes": shard.output.embeddings.size if shard.output else 0,
+            "parquet_bytes": shard.output.parquet.size if shard.output else 0}
+
+
+def _child(args: dict[str, Any]) -> dict[str, Any]:
+    return {"numpy": _numpy, "stages": _stages, "complete": _complete}[args.pop("mode")](args)
+
+
+# -- the benchmark -----------------------------------------------------------------------------------------
+
+
+def run(bench: BenchRun) -> Section:
+    n = 10_000 if bench.quick else 100_000
+    bench.stack.reset()
+    began = time.perf_counter()
+    array, responses = _generate(bench.workdir, n)
+    job_id, records_uri = _seed_job(bench, n, responses.stat().st_size)
+    print(f"  {n:,} x {DIMS} results generated ({responses.stat().st_size / 1e6:,.0f} MB responses file) "
+          f"and staged in {time.perf_counter() - began:.0f} s", flush=True)
+    module = "benchmarks.bench_complete"
+    raw = run_child(module, {"mode": "numpy", "array": str(array), "out": str(bench.workdir / "normalised.npy")})
+    stages = run_child(module, {"mode": "stages", "responses": str(responses), "records_uri": records_uri,
+                                "workdir": str(bench.workdir)})
+    done = run_child(module, {"mode": "complete", "responses": str(responses), "job_id": job_id})
+    bench.stack.reset()
+    if done["outcome"] != "succeeded" or done["succeeded"] != n:
+        raise RuntimeError(f"complete_job ended {done['outcome']} with {done['succeeded']} of {n} succeeded")
+
+    seconds, rss = done["seconds"], done["memory"]["vm_hwm_mb"]
+    cpu = stages["seconds"]
+    encode_in_situ = done["write_shard_output"] - done["parse"] - done["load_records"] - done["upload"]
+    rest = seconds - done["write_shard_output"]
+    stage_rows = [
+        ["load the staged records (fake-gcs)", f"{done['load_records']:.2f}", "complete_job"],
+        ["parse (orjson.loads + parse_result)", f"{done['parse']:.2f}", "complete_job"],
+        ["match, check, normalise, JSONL + Parquet encode", f"{encode_in_situ:.2f}",
+         "complete_job (the rest of write_shard_output)"],
+        *[[f"&nbsp;&nbsp;{k}", f"{v:.2f}", "stages child, CPU only"] for k, v in cpu.items() if not k.startswith("parse")],
+        ["upload to fake-gcs (write + close of the output streams)", f"{done['upload']:.2f}", "complete_job"],
+        ["the rest: job saves, manifest, staging cleanup, event", f"{rest:.2f}", "complete_job"],
+        ["**complete_job**", f"**{seconds:.2f}**", ""],
+    ]
+    without_upload = seconds - done["upload"]
+    proposed = stages["proposed"]
+    cpu_floor = (done["parse"] + cpu["match keys, check, to float32 rows"] + cpu["JSONL encode"]
+                 + proposed["Parquet encode, embedding column uncompressed"])
+    body = f"""
+{n:,} results x {DIMS} dimensions; responses file {responses.stat().st_size / 1e6:,.0f} MB; outputs
+{done['jsonl_bytes'] / 1e6:,.0f} MB JSONL + {done['parquet_bytes'] / 1e6:,.0f} MB Parquet written to
+fake-gcs-server. Each row of the first table is its own child process.
+
+{md_table(["", "seconds", "peak RSS MB (VmHWM)", "RSS before MB", "vs numpy"], [
+    ["numpy: norm + np.save of the same array", f"{raw['seconds']:.2f}", f"{raw['memory']['vm_hwm_mb']:.0f}",
+     f"{raw['rss_before_mb']:.0f} (array loaded)", "1x"],
+    ["**`complete_job`**, the whole use case", f"**{seconds:.2f}**", f"**{rss:.0f}**",
+     f"{done['rss_before_mb']:.0f}", f"{seconds / raw['seconds']:.0f}x"],
+    ["of which `write_shard_output`", f"{done['write_shard_output']:.2f}", "", "",
+     f"{done['write_shard_output'] / raw['seconds']:.0f}x"],
+    ["`complete_job` without the time in fake-gcs uploads", f"{without_upload:.2f}", "", "",
+     f"{without_upload / raw['seconds']:.0f}x"],
+])}
+
+Targets: under {SECONDS_TARGET:.0f} s **{'met' if seconds < SECONDS_TARGET else 'missed'}** ({seconds:.1f} s);
+under {RSS_TARGET_MB} MB **{'met' if rss < RSS_TARGET_MB else 'missed'}** ({rss:.0f} MB).
+
+Per stage. Parse, record loading and upload were timed inside `complete_job` (wrappers of the provider
+and blob-store ports and of `output.load_records`); the split of the in-memory work comes from a second
+child that runs the same loop from `output`'s own helpers on the same file, one timer per stage
+(blocks of {BLOCK_ROWS:,} rows):
+
+{md_table(["stage", "seconds", "measured in"], stage_rows)}
+
+What would bring it down (product code unchanged; the two variants were measured in the stages child):
+
+- Reading the staged records: `output.load_records` iterates the lines of the Cloud Storage reader, which
+  has no `peek`, so `io.IOBase.readline` calls `read(1)` once per byte: {done['load_records']:.2f} s for
+  {n:,} records inside `complete_job`; the same file through `io.BufferedReader(stream, 1 MiB)`:
+  {proposed['load staged records through io.BufferedReader']:.2f} s. One fix covers every such loop
+  (`output.load_records`, `complete._lines`, `batches._inline_requests`): `GcsBlobStore.open_read` yields
+  `io.BufferedReader(reader, CHUNK_SIZE)`.
+- Parquet: zstd on float32 vectors took {cpu['Parquet encode (zstd)']:.2f} s for
+  {stages['parquet_bytes']['zstd'] / 1e6:,.0f} MB; with the embedding column stored uncompressed (other
+  columns zstd) {proposed['Parquet encode, embedding column uncompressed']:.2f} s for
+  {stages['parquet_bytes']['plain'] / 1e6:,.0f} MB (float32 vectors barely compress): an option for
+  `_ParquetSink` (`compression={{"embedding": "none", ...}}`), worth what the difference above shows.
+- Uploads ({done['upload']:.1f} s): fake-gcs-server recomputes the CRC32C and MD5 of everything received so
+  far on every resumable chunk, so chunk k of an object costs in proportion to k and the
+  {done['jsonl_bytes'] / 1e6:,.0f} MB JSONL file ({done['jsonl_bytes'] // 8388608 + 1} chunks of 8 MiB) costs
+  quadratic time. Cloud Storage does not behave so; locally, larger chunks would cut it at the price of one
+  chunk of memory per open writer.
+- What is left is CPU in one Python process: parse {done['parse']:.1f} s, float32 rows
+  {cpu['match keys, check, to float32 rows']:.1f} s, JSONL {cpu['JSONL encode']:.1f} s, Parquet
+  {proposed['Parquet encode, embedding column uncompressed']:.1f} s at best: {cpu_floor:.1f} s for {n:,}
+  rows on this machine, and it grows with the rows one invocation writes. Under 10 s at 100k rows needs
+  the rows split across invocations: shards are independent until the manifest, so `complete` could
+  write each SUCCEEDED shard in its own invocation (one message per shard, the last one writing the
+  manifest), with `MAX_REQUESTS_PER_BATCH` bounding the rows per invocation.
+- Memory ({rss:.0f} MB of {RSS_TARGET_MB}): a block of {BLOCK_ROWS:,} results is held as Python floats
+  ({BLOCK_ROWS:,} x {DIMS} objects) before it becomes float32 rows; converting each result's values to float32
+  as it is parsed, or a smaller `BLOCK_ROWS`, lowers the peak.
+"""
+    return Section(
+        name=NAME, title=TITLE, command=bench.command(NAME), body=body,
+        targets=[Target(f"complete {n:,} x {DIMS} < {SECONDS_TARGET:.0f} s", seconds < SECONDS_TARGET, f"{seconds:.1f} s"),
+                 Target(f"complete {n:,} x {DIMS} peak RSS < {RSS_TARGET_MB} MB", rss < RSS_TARGET_MB, f"{rss:.0f} MB")],
+        plot={"stages": {"load records": done["load_records"], "parse": done["parse"],
+                         **{k.split(" (")[0]: v for k, v in cpu.items() if not k.startswith("parse")},
+                         "upload": done["upload"], "rest": rest},
+              "numpy": raw["seconds"], "complete": seconds, "n": n, "rss": rss,
+              "numpy_rss": raw["memory"]["vm_hwm_mb"]},
+    )
+
+
+if __name__ == "__main__":
+    child_main(_child)
