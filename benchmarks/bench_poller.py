@@ -8,6 +8,7 @@ this process with the stack's ticker paused (so the stack's own poller stays out
 - the real `FirestoreJobRepository`, subclassed to count document reads and writes as Firestore bills
   them: a query reads each document it returns (at least one read); each transaction attempt of
   `update` reads the document once and writes it only when the change altered it; `get` reads one;
+  `replace_if_unchanged` (a write with an update-time precondition) writes one and reads none;
 - a provider fake of our port (`ScriptedProvider`) that answers `get_batch` at once from a script. Not the
   Gemini emulator, because the mix needs batches that have and have not progressed between two polls, which
   the emulator cannot hold for a chosen half of 100 batches, and because provider latency is not what is
@@ -58,6 +59,11 @@ class CountingJobRepository(FirestoreJobRepository):
         self.query_reads += max(len(jobs), 1)  # a query that returns nothing is billed one read
         self.reads += max(len(jobs), 1)
         return jobs
+
+    def replace_if_unchanged(self, job: Job) -> bool:
+        written = super().replace_if_unchanged(job)
+        self.writes += written
+        return written
 
     def update(self, job_id: str, change: Callable[[Job], T]) -> tuple[Job, T]:
         changed = [False]
@@ -193,19 +199,16 @@ poll, {due - changed} unchanged), {total - due:,} not due. One `poll_due_jobs` r
 {md_table(["per run", f"run 1 ({due} due)", "minimum", "per due job", "run 2 (none due)", "minimum"], rows)}
 
 Not-due jobs cost nothing: the due query returned {first['query_reads']} documents, the due ones.
-Per due RUNNING job, changed or not: {first['reads'] / due:.0f} reads ({first['query_reads'] / due:.0f} from the
-query, then one per `update` transaction) and {first['writes'] / due:.0f} writes, in
-{first['transactions'] / due:.0f} transactions. The minimum is 1 read (the query already returned the document)
-and 1 write (`next_poll_at` always moves, so even an unchanged job needs one; a changed one carries its new
-counts in the same write).
+Per due RUNNING job, changed or not: {first['reads'] / due:.1f} reads and {first['writes'] / due:.1f} writes,
+in {first['transactions'] / due:.1f} transactions. The minimum is 1 read (the query already returned the
+document) and 1 write (`next_poll_at` always moves, so even an unchanged job needs one; a changed one carries
+its new counts in the same write).
 
-The gap is the lease. Taking it is a transaction of its own (a read and a write) made before the poller
-knows whether anything will change; saving the job is another. A lease exists so that two workers never act
-on one job at once, which matters for the non-idempotent steps (creating a batch, publishing an event), not
-for refreshing a batch's state, which is what most polls do. It could ride on the one necessary write:
-take the document from the query, ask the provider, then write once, in a transaction (or with the
-document's `update_time` as a precondition) that checks nobody holds the lease; and take a lease only
-when the job needs a non-idempotent step. That is 1 read and 1 write per due job.
+How the poller gets there: a poll that only refreshes a RUNNING job's batches takes no lease. It uses the
+document the query returned, asks the provider, and writes the job once with the document's update time as
+a precondition, so a job leased or written by anyone since the query is left to that worker (the write
+fails, nothing is lost). The lease, a transaction of its own, is taken only for the steps that must not run
+twice: creating or retrying a batch, cancelling, stopping at the deadline.
 """
     return Section(
         name=NAME, title=TITLE, command=bench.command(NAME), body=body,

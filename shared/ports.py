@@ -54,6 +54,12 @@ class JobRepository(abc.ABC):
         """
 
     @abc.abstractmethod
+    def replace_if_unchanged(self, job: Job) -> bool:
+        """Write `job` whole, in one write and no read, only if its document has not been written since
+        `job` was read (by `get`, `due` or `update`). False, writing nothing, when another writer came first.
+        """
+
+    @abc.abstractmethod
     def due(self, now: datetime, limit: int) -> list[Job]:
         """Active jobs whose `next_poll_at` has passed, the longest overdue first, at most `limit`."""
 

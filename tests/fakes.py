@@ -48,6 +48,8 @@ class FakeClock:
 class FakeJobRepository(JobRepository):
     def __init__(self):
         self.docs: dict[str, str] = {}
+        self.revisions: dict[str, int] = {}
+        self._versions = itertools.count(1)
         self._lock = threading.RLock()
         self.writes = 0
         self.reads = 0
@@ -56,15 +58,33 @@ class FakeJobRepository(JobRepository):
         with self._lock:
             if job.job_id in self.docs:
                 return self.get(job.job_id), False
-            self.docs[job.job_id] = job.model_dump_json()
-            self.writes += 1
-            return job.model_copy(deep=True), True
+            self._store(job.job_id, job.model_dump_json())
+            return self._load(job.job_id), True
+
+    def _load(self, job_id: str) -> Job:
+        job = Job.model_validate_json(self.docs[job_id])
+        job._revision = self.revisions[job_id]
+        return job
+
+    def _store(self, job_id: str, raw: str) -> None:
+        self.docs[job_id] = raw
+        self.revisions[job_id] = next(self._versions)
+        self.writes += 1
 
     def get(self, job_id: str) -> Job | None:
         with self._lock:
             self.reads += 1
-            raw = self.docs.get(job_id)
-            return Job.model_validate_json(raw) if raw else None
+            return self._load(job_id) if job_id in self.docs else None
+
+    def replace_if_unchanged(self, job: Job) -> bool:
+        with self._lock:
+            if job._revision is None:
+                raise ValueError(f"job {job.job_id} was not read from this repository")
+            if self.revisions.get(job.job_id) != job._revision:
+                return False
+            self._store(job.job_id, job.model_dump_json())
+            job._revision = self.revisions[job.job_id]
+            return True
 
     def update(self, job_id: str, change: Callable[[Job], T]) -> tuple[Job, T]:
         with self._lock:
@@ -74,14 +94,15 @@ class FakeJobRepository(JobRepository):
             before = self.docs[job_id]
             result = change(job)
             after = job.model_dump_json()
+            stored = self._load(job_id)
             if after != before:
-                self.docs[job_id] = after
-                self.writes += 1
-            return Job.model_validate_json(after), result
+                self._store(job_id, after)
+                stored = Job.model_validate_json(after)  # its revision unknown, as from a Firestore transaction
+            return stored, result
 
     def due(self, now: datetime, limit: int) -> list[Job]:
         with self._lock:
-            jobs = [Job.model_validate_json(raw) for raw in self.docs.values()]
+            jobs = [self._load(job_id) for job_id in self.docs]
             self.reads += len(jobs)
         due = sorted((j for j in jobs if j.next_poll_at and j.next_poll_at <= now), key=lambda j: j.next_poll_at)
         return due[:limit]
@@ -216,9 +237,10 @@ class FakeBatchProvider(BatchProvider):
         total = len(b["requests"])
         done = b["state"] == ProviderState.SUCCEEDED
         failed = sum(1 for r in b["requests"] if self._text(r) in self.failing_texts) if done else 0
+        running = 0 if done else b.get("done", 0)
         return ProviderBatch(
             name=name, state=b["state"], display_name=b["display_name"], total=total,
-            succeeded=total - failed if done else 0, failed=failed, pending=0 if done else total,
+            succeeded=total - failed if done else running, failed=failed, pending=0 if done else total - running,
             error=b["error"], create_time=b["create_time"],
         )
 
@@ -263,6 +285,10 @@ class FakeBatchProvider(BatchProvider):
         return [fake_vector(t, output_dimensionality) for t in texts]
 
     # -- test controls ------------------------------------------------------------------------
+
+    def progress(self, name: str, done: int) -> None:
+        """The batch runs and has `done` items done so far."""
+        self.batches[name].update(state=ProviderState.RUNNING, done=done)
 
     def finish_all(self, state: ProviderState = ProviderState.SUCCEEDED) -> None:
         for b in self.batches.values():

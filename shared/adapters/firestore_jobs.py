@@ -47,6 +47,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _job(snapshot: firestore.DocumentSnapshot) -> Job:
+    job = Job.model_validate(snapshot.to_dict())
+    job._revision = snapshot.update_time
+    return job
+
+
 class FirestoreJobRepository(JobRepository):
     def __init__(self, client: firestore.Client, collection: str):
         self._client = client
@@ -57,7 +63,7 @@ class FirestoreJobRepository(JobRepository):
 
     def create(self, job: Job) -> tuple[Job, bool]:
         try:
-            self._ref(job.job_id).create(_to_document(job))
+            job._revision = self._ref(job.job_id).create(_to_document(job)).update_time
             return job, True
         except gexc.Conflict:
             stored = self.get(job.job_id)
@@ -72,7 +78,21 @@ class FirestoreJobRepository(JobRepository):
             snapshot = self._ref(job_id).get()
         except _TRANSIENT as exc:
             raise TransientError(f"Firestore unavailable reading job {job_id}: {type(exc).__name__}") from exc
-        return Job.model_validate(snapshot.to_dict()) if snapshot.exists else None
+        return _job(snapshot) if snapshot.exists else None
+
+    def replace_if_unchanged(self, job: Job) -> bool:
+        if job._revision is None:
+            raise ValueError(f"job {job.job_id} was not read from this repository")
+        option = self._client.write_option(last_update_time=job._revision)
+        try:
+            # update() of every top-level field replaces the document; unlike set(), it takes a precondition.
+            result = self._ref(job.job_id).update(_to_document(job), option=option)
+        except (gexc.FailedPrecondition, gexc.NotFound):
+            return False
+        except _TRANSIENT as exc:
+            raise TransientError(f"Firestore unavailable writing job {job.job_id}: {type(exc).__name__}") from exc
+        job._revision = result.update_time
+        return True
 
     def update(self, job_id: str, change: Callable[[Job], T]) -> tuple[Job, T]:
         ref = self._ref(job_id)
@@ -82,12 +102,13 @@ class FirestoreJobRepository(JobRepository):
             snapshot = ref.get(transaction=transaction)
             if not snapshot.exists:
                 raise NotFound(f"no job {job_id}")
-            job = Job.model_validate(snapshot.to_dict())
+            job = _job(snapshot)
             before = _to_document(job)
             result = change(job)
             after = _to_document(job)
             if after != before:
                 transaction.set(ref, after)
+                job._revision = None  # known only once the transaction commits: read it again to replace it
             return job, result
 
         # Firestore retries an aborted transaction at once; under contention (several deliveries of one
@@ -110,7 +131,7 @@ class FirestoreJobRepository(JobRepository):
             .limit(limit)
         )
         try:
-            return [Job.model_validate(doc.to_dict()) for doc in query.stream()]
+            return [_job(doc) for doc in query.stream()]
         except _TRANSIENT as exc:
             raise TransientError(f"Firestore unavailable listing due jobs: {type(exc).__name__}") from exc
 

@@ -28,7 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from shared.domain.options import JobOptions
 
@@ -247,6 +247,9 @@ class Job(BaseModel):
     cancel_requested: bool = False
     event_id: str | None = None
     event_published_at: datetime | None = None
+    # The stored version this copy was read at, set by the repository (not a field of the document):
+    # `JobRepository.replace_if_unchanged` writes only over that version.
+    _revision: Any = PrivateAttr(default=None)
 
     # -- states -------------------------------------------------------------------------------
 

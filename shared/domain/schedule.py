@@ -25,15 +25,20 @@ def next_poll_at(
     size: int,
     age_seconds: float,
     failures: int = 0,
+    seconds_left: float | None = None,
     minimum: float = 2.0,
     maximum: float = 600.0,
 ) -> datetime:
     """The next poll time.
 
     A batch that has run for an hour will not finish in the next two seconds: after the size-based
-    interval, waiting grows with age (a tenth of it), and doubles with each consecutive failure.
+    interval, waiting grows with age (a tenth of it), and doubles with each consecutive failure. When the
+    batch's progress gives `seconds_left`, the poll comes then if that is sooner, so its end is noticed
+    within about one poll rather than up to a whole interval late.
     """
     interval = max(interval_for_size(size), age_seconds / 10.0)
+    if seconds_left is not None:
+        interval = min(interval, seconds_left)
     if failures:
         interval *= 2 ** min(failures, 10)
     return now + timedelta(seconds=min(max(interval, minimum), maximum))

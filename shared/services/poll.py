@@ -1,10 +1,14 @@
 """Poll: move every due job one step forward. Called by Cloud Scheduler through the poller function.
 
-Reads only due jobs (one indexed query), bounded by count and time; one lease per job, so overlapping
-runs never work on one job twice; one job's error never stops the run. Each job is moved along:
+Reads only due jobs (one indexed query), bounded by count and time; one job's error never stops the run.
+Most polls only refresh a RUNNING job's batches: that needs no lease, and costs the query's read and one
+write made on condition that nobody wrote the job since (a job leased or written meanwhile is skipped: its
+worker carries on). Every other step is taken under the job's lease, so overlapping runs never take it
+twice. Each job is moved along:
 - RUNNING: refresh its batches; retry a batch the provider failed or expired while attempts remain,
   else abandon it; past the job's deadline, stop what still runs; when no batch is left running, hand
-  the job to `complete` (a message on the complete topic).
+  the job to `complete` (a message on the complete topic). The next poll comes at the batches' estimated
+  end when their progress tells it, else by the batch size and age (`shared.domain.schedule`).
 - SUBMITTING, untouched for a while: resume the submission (the submit deliveries gave up or died).
 - COMPLETING, untouched for a while: hand it to `complete` again; still not done a day past the
   deadline (complete keeps failing): fail it, so that it ends with an event.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from shared.domain.jobs import (
     SHARD_IN_FLIGHT,
@@ -74,7 +78,7 @@ def poll_due_jobs(ctx: Context) -> PollSummary:
             break
         with bind(job_id=job.job_id):
             try:
-                step = poll_job(ctx.for_invocation(), job.job_id)
+                step = _poll(ctx.for_invocation(), job)
                 summary.polled += 1
                 summary.handed_to_complete += step == "handed_to_complete"
                 summary.resubmitted += step == "resubmitted"
@@ -89,6 +93,50 @@ def poll_due_jobs(ctx: Context) -> PollSummary:
     summary.seconds = round(time.monotonic() - started, 3)
     log.info("poll run", **summary.to_dict())
     return summary
+
+
+def _poll(ctx: Context, job: Job) -> str:
+    if job.leased_by_other(ctx.owner, ctx.clock()):
+        raise LeaseHeld(f"job {job.job_id} is being worked on by another worker")
+    return _refresh_unleased(ctx, job) or poll_job(ctx, job.job_id)
+
+
+def _refresh_unleased(ctx: Context, job: Job) -> str | None:
+    """Refresh a RUNNING job whose shards all have their batch, in one conditional write.
+
+    Returns None, having written nothing, when the job needs a step that must not run twice (creating or
+    retrying a batch, cancelling, stopping at the deadline): the caller takes the lease for it. Raises
+    `LeaseHeld` when the job was written since it was read.
+    """
+    now = ctx.clock()
+    if (job.state != JobState.RUNNING or job.cancel_requested or _past_deadline(job, now)
+            or any(s.state in (ShardState.STAGED, ShardState.CREATING) for s in job.shards)):
+        return None
+    before = job.model_dump_json()
+    for shard in job.shards:
+        if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
+            try:
+                adopt(shard, ctx.provider.get_batch(shard.batch_name))
+            except NotFound:
+                return None
+    if any(shard.state in SHARD_PROVIDER_FAILED for shard in job.shards):
+        return None
+    job.refresh_counts()
+    job.poll_failures = 0
+    job.lease_owner = job.lease_until = None  # a lease left on a due job has expired: its worker is gone
+    job.updated_at = now
+    done = _all_shards_done(job)
+    if done:
+        job.move_to(JobState.COMPLETING, now)
+        job.next_poll_at = now + timedelta(minutes=ctx.settings.complete_stale_minutes)
+    else:
+        job.next_poll_at = _next_running_poll(ctx, job, now)
+    if not ctx.jobs.replace_if_unchanged(job):
+        raise LeaseHeld(f"job {job.job_id} was written by another worker meanwhile")
+    if done:
+        _publish_to_complete(ctx, job)
+        return "handed_to_complete"
+    return "progressed" if job.model_dump_json() != before else "unchanged"
 
 
 def poll_job(ctx: Context, job_id: str) -> str:
@@ -134,7 +182,7 @@ def _fail_overdue(ctx: Context, job: Job, code: str, message: str) -> str:
 
 def _advance_running(ctx: Context, job: Job) -> str:
     now = ctx.clock()
-    past_deadline = job.deadline_at is not None and now >= job.deadline_at
+    past_deadline = _past_deadline(job, now)
     before = job.model_dump_json()
     for shard in job.shards:
         if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
@@ -166,16 +214,44 @@ def _advance_running(ctx: Context, job: Job) -> str:
             shard.abandon(ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline"))
     job.refresh_counts()
     job.poll_failures = 0
-    if all(s.state in (ShardState.SUCCEEDED, ShardState.WRITTEN, ShardState.ABANDONED) for s in job.shards):
+    if _all_shards_done(job):
         job.move_to(JobState.COMPLETING, now)
         hand_to_complete(ctx, job)
         return "handed_to_complete"
-    job.next_poll_at = next_poll_at(
-        now, size=job.counts.total, age_seconds=(now - (job.submitted_at or job.created_at)).total_seconds(),
-        minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
-    )
+    job.next_poll_at = _next_running_poll(ctx, job, now)
     save(ctx, job, last=True)
     return "progressed" if job.model_dump_json() != before else "unchanged"
+
+
+def _past_deadline(job: Job, now: datetime) -> bool:
+    return job.deadline_at is not None and now >= job.deadline_at
+
+
+def _all_shards_done(job: Job) -> bool:
+    return all(s.state in (ShardState.SUCCEEDED, ShardState.WRITTEN, ShardState.ABANDONED) for s in job.shards)
+
+
+def _next_running_poll(ctx: Context, job: Job, now: datetime) -> datetime:
+    return next_poll_at(
+        now, size=job.counts.total, age_seconds=(now - (job.submitted_at or job.created_at)).total_seconds(),
+        seconds_left=_seconds_left(job, now),
+        minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
+    )
+
+
+def _seconds_left(job: Job, now: datetime) -> float | None:
+    """When the batches in flight should end, at the pace each has kept since its creation; None until
+    every one of them has made progress."""
+    left = 0.0
+    for shard in job.shards:
+        if shard.state not in SHARD_IN_FLIGHT:
+            continue
+        done = shard.succeeded + shard.failed
+        if not done or shard.create_started_at is None:
+            return None
+        elapsed = (now - shard.create_started_at).total_seconds()
+        left = max(left, elapsed * shard.pending / done)
+    return left
 
 
 def hand_to_complete(ctx: Context, job: Job) -> None:
@@ -183,6 +259,10 @@ def hand_to_complete(ctx: Context, job: Job) -> None:
     lease's last write: the publication comes after it)."""
     job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.complete_stale_minutes)
     save(ctx, job, last=True)
+    _publish_to_complete(ctx, job)
+
+
+def _publish_to_complete(ctx: Context, job: Job) -> None:
     ctx.publisher.publish(
         ctx.settings.complete_topic, json.dumps({"job_id": job.job_id}).encode(), {"job_id": job.job_id},
     )

@@ -72,6 +72,20 @@ def test_due_reads_only_jobs_whose_poll_time_passed(repo):
     assert [j.job_id for j in repo.due(NOW, 1)] == ["late"]
 
 
+def test_replace_if_unchanged_writes_only_over_the_version_it_read(repo):
+    repo.create(a_job("job-3", next_poll_at=NOW))
+    [first] = repo.due(NOW, 10)
+    [second] = repo.due(NOW, 10)
+    first.poll_failures = 1
+    assert repo.replace_if_unchanged(first)
+    second.cancel_requested = True
+    assert not repo.replace_if_unchanged(second), "a copy read before another write must not overwrite it"
+    stored = repo.get("job-3")
+    assert (stored.poll_failures, stored.cancel_requested) == (1, False)
+    first.poll_failures = 2  # the winner's copy carries the version it wrote
+    assert repo.replace_if_unchanged(first) and repo.get("job-3").poll_failures == 2
+
+
 def test_jobs_list_newest_first_by_state_with_paging(repo):
     for i in range(5):
         repo.create(a_job(f"j{i}", created_at=NOW + timedelta(seconds=i),

@@ -338,6 +338,42 @@ def test_cancel_of_a_busy_job_is_carried_out_by_the_poller(ctx):
     assert ctx.jobs.get(result.job_id).state == JobState.CANCELLED
 
 
+def test_a_poll_that_only_refreshes_costs_one_write_and_no_read_beyond_the_query(ctx):
+    result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2)))
+    reads, writes = ctx.jobs.reads, ctx.jobs.writes
+    summary = tick(ctx, minutes=1)
+    assert (summary.polled, ctx.jobs.reads - reads, ctx.jobs.writes - writes) == (1, 1, 1)
+    job = ctx.jobs.get(result.job_id)
+    assert job.state == JobState.RUNNING and job.next_poll_at > ctx.clock() and job.lease_owner is None
+
+
+def test_a_job_written_during_an_unleased_poll_keeps_that_write(ctx):
+    result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2)))
+    get_batch = ctx.provider.get_batch
+
+    def cancel_meanwhile(name):  # an operator's cancel request lands while the poller asks the provider
+        ctx.jobs.update(result.job_id, lambda job: setattr(job, "cancel_requested", True))
+        return get_batch(name)
+
+    ctx.provider.get_batch = cancel_meanwhile
+    summary = tick(ctx)
+    ctx.provider.get_batch = get_batch
+    assert (summary.polled, summary.skipped_leased) == (0, 1)
+    assert ctx.jobs.get(result.job_id).cancel_requested
+    tick(ctx)
+    assert ctx.jobs.get(result.job_id).state == JobState.CANCELLED
+
+
+def test_the_next_poll_comes_at_the_batches_estimated_end(ctx):
+    result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2000)))
+    [shard] = ctx.jobs.get(result.job_id).shards
+    ctx.clock.advance(seconds=30)
+    ctx.provider.progress(shard.batch_name, done=1800)  # 1,800 of 2,000 in 30 s: 3.3 s left
+    poll_due_jobs(ctx)
+    left = (ctx.jobs.get(result.job_id).next_poll_at - ctx.clock()).total_seconds()
+    assert 3 <= left <= 4, f"{left} s, not the estimated end (the size alone says 10 s)"
+
+
 def test_a_held_lease_keeps_other_workers_out_until_it_expires():
     clock = FakeClock()
     ctx = make_context(clock=clock)
