@@ -18,7 +18,18 @@ Modules:
     app       the Starlette routes
 """
 
-from .app import Emulator, create_app
-from .config import EmulatorSettings
-
 __all__ = ["Emulator", "EmulatorSettings", "create_app"]
+
+
+def __getattr__(name: str):
+    # Lazy, so that `python -m infra.local.gemini_emulator` sets OPENBLAS_NUM_THREADS before numpy loads:
+    # an eager import here starts one busy-waiting OpenBLAS thread per core beside onnxruntime's.
+    if name in ("Emulator", "create_app"):
+        from . import app
+
+        return getattr(app, name)
+    if name == "EmulatorSettings":
+        from .config import EmulatorSettings
+
+        return EmulatorSettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
