@@ -310,23 +310,18 @@ def child_main(work: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
 def local_stack(keep_logs: bool = False) -> Iterator[Any]:
     """The whole local stack on free ports (state in .local/bench-PID), with this process's environment
     pointing the official clients at it; everything stopped (and the environment restored) on the way out."""
+    from embedpipe.config import environment
     from infra.local.stack import LocalStack
 
     state_dir = ROOT / ".local" / f"bench-{os.getpid()}"
     stack = LocalStack(ROOT, state_dir=state_dir)
     stack.start()
-    saved = {key: os.environ.get(key) for key in CLIENT_ENV_KEYS}
     ok = False
     try:
-        os.environ.update({key: stack.env[key] for key in CLIENT_ENV_KEYS if key in stack.env})
-        yield stack
+        with environment({key: stack.env[key] for key in CLIENT_ENV_KEYS if key in stack.env}):
+            yield stack
         ok = True
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         stack.stop()
         if ok and not keep_logs:
             shutil.rmtree(state_dir, ignore_errors=True)

@@ -121,17 +121,24 @@ class Config:
         if not self.from_file:
             yield
             return
-        saved = {key: os.environ.get(key) for key in EMULATOR_HOSTS}
-        try:
-            for key in EMULATOR_HOSTS:
-                if self.get(key):
-                    os.environ[key] = self.values[key]
-                else:
-                    os.environ.pop(key, None)
+        with environment({key: self.values[key] if self.get(key) else None for key in EMULATOR_HOSTS}):
             yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+
+
+@contextlib.contextmanager
+def environment(changes: dict[str, str | None]) -> Iterator[None]:
+    """`os.environ` with `changes` (None unsets) while the block runs, restored as it was afterwards."""
+    saved = {key: os.environ.get(key) for key in changes}
+    try:
+        _set_environment(changes)
+        yield
+    finally:
+        _set_environment(saved)
+
+
+def _set_environment(values: dict[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

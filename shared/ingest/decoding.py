@@ -53,9 +53,10 @@ _ACCEPTED_ENCODINGS = ("", "identity", "gzip", "x-gzip")
 Read = Callable[[int], bytes]
 
 
-def _read_upto(read: Read, size: int) -> bytes:
-    """Up to `size` bytes, fewer only at the end: streams may return short reads."""
-    parts: list[bytes] = []
+def _read_upto(read: Read, size: int, parts: list[bytes] | None = None) -> bytes:
+    """Up to `size` bytes, fewer only at the end: streams may return short reads. What was read so far
+    is in `parts` (when given) should `read` raise."""
+    parts = [] if parts is None else parts
     got = 0
     while got < size:
         part = read(size - got)
@@ -69,17 +70,10 @@ def _read_upto(read: Read, size: int) -> bytes:
 def _probe(read: Read, size: int) -> tuple[bytes, InputError | None]:
     """Like `_read_upto`, but a problem met on the way is returned with the bytes before it."""
     parts: list[bytes] = []
-    got = 0
     try:
-        while got < size:
-            part = read(size - got)
-            if not part:
-                break
-            parts.append(part)
-            got += len(part)
+        return _read_upto(read, size, parts), None
     except InputError as exc:
         return b"".join(parts), exc
-    return b"".join(parts), None
 
 
 class _Raising:
