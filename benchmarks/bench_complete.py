@@ -20,7 +20,6 @@ staged records file is written in the staging layout (`JobPaths.records`) in fak
 from __future__ import annotations
 
 import copy
-import io
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
@@ -43,6 +42,7 @@ from benchmarks.common import (
     run_child,
     stopwatch,
 )
+from shared.adapters.gcs_blobs import WRITE_CHUNK_SIZE
 from shared.ports import BatchProvider, ItemResult, ProviderBatch
 from shared.services.output import BLOCK_ROWS
 
@@ -67,15 +67,15 @@ class LocalResultsProvider(BatchProvider):
         from shared.adapters.gemini_provider import to_item_result
         from shared.gemini.models import parse_result
 
-        with self.path.open("rb") as lines:
+        with self.path.open("rb", buffering=1 << 20) as lines:
             number = 0
             while True:
                 started = time.perf_counter()
                 line = lines.readline()
                 if not line:
                     break
-                # decoded, as the real client's `response.iter_lines()` hands over text
-                result = to_item_result(parse_result(orjson.loads(line.decode()), number)) if line.strip() else None
+                # bytes, as the real client hands them over (`_byte_lines` of the download)
+                result = to_item_result(parse_result(orjson.loads(line), number)) if line.strip() else None
                 number += 1
                 self.seconds += time.perf_counter() - started
                 if result is not None:
@@ -177,9 +177,8 @@ def _numpy(args: dict[str, Any]) -> dict[str, Any]:
 
 def _stages(args: dict[str, Any]) -> dict[str, Any]:
     """The in-memory stages of `write_shard_output`'s loop, rebuilt from `output`'s own helpers with one
-    timer per stage (JSONL only counted, Parquet to a local file), and two variants that the report
-    proposes: the staged records read through `io.BufferedReader`, and Parquet with the embedding column
-    stored uncompressed (the same tables, through `_ParquetSink.write`)."""
+    timer per stage (JSONL only counted, Parquet to a local file), and one variant for comparison: the
+    embedding column zstd-compressed (still without a dictionary) instead of stored uncompressed."""
     import pyarrow.parquet as pq
 
     from shared.bootstrap import build_context
@@ -187,49 +186,48 @@ def _stages(args: dict[str, Any]) -> dict[str, Any]:
     from shared.services import output
 
     ctx = build_context(Settings(input_prefix="manual/"))
-    proposed: dict[str, float] = {}
-    with stopwatch(proposed, "load staged records through io.BufferedReader"):
-        records: dict[str, Any] = {}
-        with ctx.blobs.open_read(args["records_uri"]) as stream:
-            for line in io.BufferedReader(stream, 1 << 20):
-                if line.strip():
-                    row = orjson.loads(line)
-                    records[row["key"]] = output._Item(row["id"], row.get("title"), row.get("metadata") or {})
+    records = output.load_records(ctx, args["records_uri"])
     provider = LocalResultsProvider(args["responses"])
-    results = provider.iter_results("batches/bench-complete")
     seconds: dict[str, float] = {}
+    variant: dict[str, float] = {}
     work = Path(args["workdir"])
-    with (work / "zstd.parquet").open("wb") as zstd_file, (work / "plain.parquet").open("wb") as plain_file:
-        sink = output._ParquetSink(zstd_file, DIMS, records)
-        plain = copy.copy(sink)
-        plain.writer = pq.ParquetWriter(plain_file, sink.schema, compression={
-            field.name: "none" if field.name == "embedding" else "zstd" for field in sink.schema})
-        while block := list(islice(results, BLOCK_ROWS)):
-            with stopwatch(seconds, "match keys, check, to float32 rows"):
-                good, vectors = [], []
-                for result in block:
-                    item = records.get(result.key)
-                    if item is not None and output._problem(result, DIMS) is None:
-                        good.append(item)
-                        vectors.append(np.asarray(result.values, dtype=np.float32))
-            with stopwatch(seconds, "stack + L2 normalise"):
-                matrix = np.vstack(vectors)
+    rows = np.empty((BLOCK_ROWS, DIMS), dtype=np.float32)
+    with (work / "plain.parquet").open("wb") as plain_file, (work / "zstd.parquet").open("wb") as zstd_file:
+        sink = output._ParquetSink(plain_file, DIMS, records)
+        zstd = copy.copy(sink)
+        zstd.writer = pq.ParquetWriter(zstd_file, sink.schema, compression="zstd", use_dictionary=[
+            field.name for field in sink.schema if field.name != "embedding"])
+
+        def flush(good: list[Any]) -> None:
+            with stopwatch(seconds, "L2 normalise"):
+                matrix = rows[: len(good)]
                 matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
             with stopwatch(seconds, "JSONL encode"):
                 b"".join(output._jsonl_row(item, row) for item, row in zip(good, matrix, strict=True))
-            with stopwatch(seconds, "Parquet encode (zstd)"):
+            with stopwatch(seconds, "Parquet encode (embedding uncompressed)"):
                 sink.write(good, matrix)
-            with stopwatch(proposed, "Parquet encode, embedding column uncompressed"):
-                plain.write(good, matrix)
-        with stopwatch(seconds, "Parquet encode (zstd)"):
+            with stopwatch(variant, "Parquet encode, embedding zstd"):
+                zstd.write(good, matrix)
+
+        results = provider.iter_results("batches/bench-complete")
+        while block := list(islice(results, BLOCK_ROWS)):
+            with stopwatch(seconds, "match keys, check, to float32 rows"):
+                good = []
+                for result in block:
+                    item = records.get(result.key)
+                    if item is not None and output._problem(result, DIMS) is None:
+                        rows[len(good)] = result.values
+                        good.append(item)
+            flush(good)
+        with stopwatch(seconds, "Parquet encode (embedding uncompressed)"):
             sink.close()
-        with stopwatch(proposed, "Parquet encode, embedding column uncompressed"):
-            plain.close()
+        with stopwatch(variant, "Parquet encode, embedding zstd"):
+            zstd.close()
     sizes = {name: (work / f"{name}.parquet").stat().st_size for name in ("zstd", "plain")}
     for name in sizes:
         (work / f"{name}.parquet").unlink()
     return {"seconds": {"parse (orjson.loads + parse_result)": provider.seconds, **seconds},
-            "proposed": proposed, "parquet_bytes": sizes}
+            "variant": variant, "parquet_bytes": sizes}
 
 
 def _complete(args: dict[str, Any]) -> dict[str, Any]:
@@ -308,9 +306,9 @@ def run(bench: BenchRun) -> Section:
         ["**complete_job**", f"**{seconds:.2f}**", ""],
     ]
     without_upload = seconds - done["upload"]
-    proposed = stages["proposed"]
-    cpu_floor = (done["parse"] + cpu["match keys, check, to float32 rows"] + cpu["JSONL encode"]
-                 + proposed["Parquet encode, embedding column uncompressed"])
+    variant = stages["variant"]
+    cpu_total = done["parse"] + sum(v for k, v in cpu.items() if not k.startswith("parse"))
+    chunks = done["jsonl_bytes"] // WRITE_CHUNK_SIZE + 1
     body = f"""
 {n:,} results x {DIMS} dimensions; responses file {responses.stat().st_size / 1e6:,.0f} MB; outputs
 {done['jsonl_bytes'] / 1e6:,.0f} MB JSONL + {done['parquet_bytes'] / 1e6:,.0f} MB Parquet written to
@@ -337,34 +335,35 @@ child that runs the same loop from `output`'s own helpers on the same file, one 
 
 {md_table(["stage", "seconds", "measured in"], stage_rows)}
 
-What would bring it down (product code unchanged; the two variants were measured in the stages child):
+Where the time goes, and what is left to gain:
 
-- Reading the staged records: `output.load_records` iterates the lines of the Cloud Storage reader, which
-  has no `peek`, so `io.IOBase.readline` calls `read(1)` once per byte: {done['load_records']:.2f} s for
-  {n:,} records inside `complete_job`; the same file through `io.BufferedReader(stream, 1 MiB)`:
-  {proposed['load staged records through io.BufferedReader']:.2f} s. One fix covers every such loop
-  (`output.load_records`, `complete._lines`, `batches._inline_requests`): `GcsBlobStore.open_read` yields
-  `io.BufferedReader(reader, CHUNK_SIZE)`.
-- Parquet: zstd on float32 vectors took {cpu['Parquet encode (zstd)']:.2f} s for
-  {stages['parquet_bytes']['zstd'] / 1e6:,.0f} MB; with the embedding column stored uncompressed (other
-  columns zstd) {proposed['Parquet encode, embedding column uncompressed']:.2f} s for
-  {stages['parquet_bytes']['plain'] / 1e6:,.0f} MB (float32 vectors barely compress): an option for
-  `_ParquetSink` (`compression={{"embedding": "none", ...}}`), worth what the difference above shows.
-- Uploads ({done['upload']:.1f} s): fake-gcs-server recomputes the CRC32C and MD5 of everything received so
-  far on every resumable chunk, so chunk k of an object costs in proportion to k and the
-  {done['jsonl_bytes'] / 1e6:,.0f} MB JSONL file ({done['jsonl_bytes'] // 8388608 + 1} chunks of 8 MiB) costs
-  quadratic time. Cloud Storage does not behave so; locally, larger chunks would cut it at the price of one
-  chunk of memory per open writer.
-- What is left is CPU in one Python process: parse {done['parse']:.1f} s, float32 rows
-  {cpu['match keys, check, to float32 rows']:.1f} s, JSONL {cpu['JSONL encode']:.1f} s, Parquet
-  {proposed['Parquet encode, embedding column uncompressed']:.1f} s at best: {cpu_floor:.1f} s for {n:,}
-  rows on this machine, and it grows with the rows one invocation writes. Under 10 s at 100k rows needs
-  the rows split across invocations: shards are independent until the manifest, so `complete` could
-  write each SUCCEEDED shard in its own invocation (one message per shard, the last one writing the
-  manifest), with `MAX_REQUESTS_PER_BATCH` bounding the rows per invocation.
-- Memory ({rss:.0f} MB of {RSS_TARGET_MB}): a block of {BLOCK_ROWS:,} results is held as Python floats
-  ({BLOCK_ROWS:,} x {DIMS} objects) before it becomes float32 rows; converting each result's values to float32
-  as it is parsed, or a smaller `BLOCK_ROWS`, lowers the peak.
+- Reading the staged records ({done['load_records']:.2f} s for {n:,} records): `GcsBlobStore.open_read`
+  hands out the Cloud Storage reader behind an `io.BufferedReader` (the library's reader has no `peek`,
+  so line iteration used to call `read(1)` once per byte); this covers every line loop over a blob
+  (`output.load_records`, `complete._lines`, `batches._inline_requests`).
+- Parse and float32: the client splits the download into byte lines (no decoding to text) and orjson
+  parses them; `write_shard_output` copies each result's values into a preallocated float32 block of
+  {BLOCK_ROWS:,} rows as it arrives, so no block of Python floats is held. orjson's Python floats
+  ({done['parse']:.1f} s) and their copy to float32 ({cpu['match keys, check, to float32 rows']:.1f} s) are
+  the largest CPU cost left.
+- Parquet: the embedding column is written without dictionary encoding (trying a dictionary on
+  {n * DIMS / 1e6:,.1f} million distinct floats was most of the Parquet time) and uncompressed:
+  {cpu['Parquet encode (embedding uncompressed)']:.2f} s for {stages['parquet_bytes']['plain'] / 1e6:,.0f} MB;
+  zstd on it (no dictionary) took {variant['Parquet encode, embedding zstd']:.2f} s for
+  {stages['parquet_bytes']['zstd'] / 1e6:,.0f} MB (float32 vectors barely compress).
+- Uploads ({done['upload']:.1f} s): writes go in resumable chunks of {WRITE_CHUNK_SIZE >> 20} MiB, one
+  chunk of memory per open writer. fake-gcs-server recomputes the CRC32C and MD5 of everything received
+  so far on every chunk, so chunk k of an object costs in proportion to k and the
+  {done['jsonl_bytes'] / 1e6:,.0f} MB JSONL file ({chunks} chunks) costs quadratic time. Cloud Storage does
+  not behave so: the seconds without uploads are the ones to compare.
+- What is left is CPU in one Python process: {cpu_total:.1f} s for {n:,} rows in the stages above (parse,
+  float32 rows, normalise, JSONL, Parquet), growing with the rows one invocation writes. Under 10 s at
+  100k rows needs the rows split across invocations: shards are independent until the manifest, so
+  `complete` could write each SUCCEEDED shard in its own invocation (one message per shard, the last one
+  writing the manifest), with `MAX_REQUESTS_PER_BATCH` bounding the rows per invocation.
+- Memory ({rss:.0f} MB of {RSS_TARGET_MB}): the shard's key -> (id, title, metadata) map, one float32
+  block of {BLOCK_ROWS:,} x {DIMS}, one block's JSONL bytes, and up to about two upload chunks per output
+  writer.
 """
     return Section(
         name=NAME, title=TITLE, command=bench.command(NAME), body=body,

@@ -34,7 +34,6 @@ from benchmarks.common import (
     passages,
     upload_file,
 )
-from shared.domain.schedule import interval_for_size
 
 __all__ = ["NAME", "TITLE", "run"]
 
@@ -167,8 +166,10 @@ the emulator's batch over bare encoding ({batch - bare_wall:+.1f} s)
 + polling latency ({poll:.1f} s)
 + pipeline work outside the batch: upload, submit, complete, event ({work:.1f} s).
 Polls of the RUNNING job were seen +{polls} s after the batch was created: the first is due
-`interval_for_size({n})` after submission, the next ones max(that, age / 10) later, and the ticker
-(every {tick:.0f} s) adds up to one tick. With polling latency cut to half a tick this run would have been
+`interval_for_size({n})` after submission; once the batch reports progress, the next one comes at its
+estimated end (pending items at the pace so far) when that is sooner than max(size interval, age / 10).
+What is left of the latency is the estimate's error plus up to one tick of the ticker (every {tick:.0f} s;
+Cloud Scheduler's minute in the cloud). With polling latency cut to half a tick this run would have been
 {no_poll_latency:+.1f}% (computed from this run, not measured).
 
 CPU seconds by process (sampled every second), over the run and while the batch ran
@@ -176,28 +177,11 @@ CPU seconds by process (sampled every second), over the run and while the batch 
 
 {md_table(["process", "run", "during the batch"], _cpu_rows(pipe, bare_cpu))}
 
-What would bring the overhead down (product code unchanged; proposals):
-
-- The emulator's batch: {pipe['cpu_batch']['gemini']:.0f} CPU s for the texts the bare encoder embedded
-  in {bare_cpu:.0f} CPU s ({pipe['cpu_batch']['gemini'] / bare_cpu:.2f}x), with the other stack processes nearly idle. The cause:
-  `infra/local/gemini_emulator/__init__.py` imports `.app` (so numpy and OpenBLAS) when
-  the package loads, before `__main__.main()` runs `os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")`; and
-  `LocalStack` starts the emulator with only `BASE_ENV_KEYS` and `GEMINI_EMULATOR_*` of the environment. So
-  in the stack, OpenBLAS keeps one busy-waiting thread per core (woken by every lift matmul) beside
-  onnxruntime's threads (found by launching the emulator alone both ways, 4,000 texts). `bench_emulator.py` sets the variable in its own environment, which its emulator
-  inherits, so it never sees this. Fix: `OPENBLAS_NUM_THREADS=1` in the gemini entry of
-  `LocalStack._spec` (infra/local/stack.py), or an `__init__` that does not import `.app` eagerly.
-- Polling latency ({poll:.1f} s): the first poll comes `interval_for_size({n})` =
-  {interval_for_size(n):.0f} s after submission, the next ones max(that, age / 10) later, so the batch's end is
-  noticed half an interval late on average, up to a whole one. In `shared/services/poll.py`
-  (`_advance_running`), when the provider reports progress, the next poll could be set at the estimated
-  end (pending items x seconds per item done so far, from when the shard was first seen RUNNING), clamped
-  to [`POLL_MIN_INTERVAL_SECONDS`, the size interval]; the latency left is one tick ({tick:.0f} s locally;
-  Cloud Scheduler's minute in the cloud, where the tick itself is the floor: a per-job Cloud Tasks task
-  at `next_poll_at` would remove it).
-- Complete ({seg['complete (hand-over, fetch, write)']:.1f} s for {n:,} results): section 3 has the split and
-  the fixes (the staged records read one byte per call, fake-gcs-server's per-chunk checksums, one
-  process for all rows).
+Reading it: the emulator's batch took {pipe['cpu_batch']['gemini']:.0f} CPU s for the texts the bare encoder
+embedded in {bare_cpu:.0f} CPU s ({pipe['cpu_batch']['gemini'] / bare_cpu:.2f}x): the rest is the emulator's
+own work (reading the uploaded file, the lift to 768 dimensions, writing the responses file). The
+complete segment ({seg['complete (hand-over, fetch, write)']:.1f} s for {n:,} results) is split by stage in
+section 3.
 """
     return Section(
         name=NAME, title=TITLE, command=bench.command(NAME), body=body,

@@ -1,18 +1,20 @@
 """Writing one shard's results: L2-normalised vectors to JSONL and Parquet, failed items aside.
 
-Results stream from the provider in blocks; each block is normalised at once (numpy) and appended to
-both files, so memory holds one block of vectors plus the shard's key -> id map, whatever the result size.
+Results stream from the provider one at a time; each vector goes at once into a float32 block of
+`BLOCK_ROWS` rows, and each full block is normalised at once (numpy) and appended to both files, so memory
+holds one block of vectors plus the shard's key -> id map, whatever the result size.
 Output files have fixed names per shard: writing a shard again writes the same files.
 
 `embeddings-N.jsonl`: one line per item, `{"id", "embedding", ...metadata}` (Vertex AI Vector Search's
 import layout; metadata keys named `id` or `embedding` are written as `metadata_id`, `metadata_embedding`).
 `embeddings-N.parquet`: `id` string, `embedding` fixed_size_list<float32>[dims], `title` if any, then one
-string column per metadata key of the shard (non-string values JSON-encoded).
+string column per metadata key of the shard (non-string values JSON-encoded; a key named like one of the
+columns before it becomes `metadata_<key>`); the embedding column is
+stored plain (no dictionary) and uncompressed, the other columns zstd-compressed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -75,9 +77,14 @@ class _ParquetSink:
         fields = [pa.field("id", pa.string(), nullable=False), pa.field("embedding", pa.list_(pa.float32(), dims))]
         if self.with_title:
             fields.append(pa.field("title", pa.string()))
-        fields += [pa.field(name, pa.string()) for name in self.columns]
+        taken = {field.name for field in fields}
+        fields += [pa.field(f"metadata_{key}" if key in taken else key, pa.string()) for key in self.columns]
         self.schema = pa.schema(fields)
-        self.writer = pq.ParquetWriter(stream, self.schema, compression="zstd")
+        # float32 vectors barely compress, and trying a dictionary on them costs more than the rest of the
+        # writing: the embedding column is stored plain and uncompressed, the other columns zstd.
+        others = [field.name for field in fields if field.name != "embedding"]
+        self.writer = pq.ParquetWriter(stream, self.schema, use_dictionary=others,
+                                       compression={name: "zstd" for name in others} | {"embedding": "none"})
 
     def write(self, items: list[_Item], vectors: np.ndarray) -> None:
         arrays = [
@@ -91,17 +98,6 @@ class _ParquetSink:
 
     def close(self) -> None:
         self.writer.close()
-
-
-def _blocks(results: Iterator[ItemResult], size: int) -> Iterator[list[ItemResult]]:
-    block: list[ItemResult] = []
-    for result in results:
-        block.append(result)
-        if len(block) == size:
-            yield block
-            block = []
-    if block:
-        yield block
 
 
 def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -> ShardOutput:
@@ -125,28 +121,33 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
 
         parquet = _ParquetSink(parquet_stream, dims, records)
         files.callback(parquet.close)  # before its stream closes, also when an error interrupts the writing
-        for block in _blocks(ctx.provider.iter_results(shard.batch_name), BLOCK_ROWS):
-            good: list[_Item] = []
-            vectors: list[np.ndarray] = []
-            for result in block:
-                item = records.get(result.key)
-                if item is None or result.key in done:
-                    log.warning("ignored a result for an unknown or repeated key", key=result.key[:100], shard=shard.index)
-                    continue
-                done.add(result.key)
-                problem = _problem(result, dims)
-                if problem is not None:
-                    fail(result.key, problem)
-                    continue
-                good.append(item)
-                vectors.append(np.asarray(result.values, dtype=np.float32))
-            if not good:
-                continue
-            matrix = np.vstack(vectors)
+        rows = np.empty((BLOCK_ROWS, dims), dtype=np.float32)  # one block of vectors, reused
+        good: list[_Item] = []
+
+        def flush() -> None:
+            matrix = rows[: len(good)]
             matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
             jsonl.write(b"".join(_jsonl_row(item, row) for item, row in zip(good, matrix, strict=True)))
             parquet.write(good, matrix)
-            succeeded += len(good)
+            good.clear()
+
+        for result in ctx.provider.iter_results(shard.batch_name):
+            item = records.get(result.key)
+            if item is None or result.key in done:
+                log.warning("ignored a result for an unknown or repeated key", key=result.key[:100], shard=shard.index)
+                continue
+            done.add(result.key)
+            problem = _problem(result, dims)
+            if problem is not None:
+                fail(result.key, problem)
+                continue
+            rows[len(good)] = result.values  # to float32 at once: the block never holds Python floats
+            good.append(item)
+            succeeded += 1
+            if len(good) == BLOCK_ROWS:
+                flush()
+        if good:
+            flush()
         for key in sorted(records.keys() - done, key=int):
             fail(key, ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
     failed = len(failed_keys)

@@ -213,6 +213,18 @@ def test_a_job_runs_to_success_with_normalised_vectors_mapped_by_key(ctx):
     assert not list(ctx.blobs.list(staging)), "staging is dropped once the job ended"
 
 
+def test_metadata_named_like_an_output_column_is_kept_apart_in_both_files(ctx):
+    record = {"id": "doc-0", "text": "a passage", "title": "T", "metadata": {"id": "theirs", "embedding": "e", "title": "t"}}
+    result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", orjson.dumps(record) + b"\n"))
+    run_until_ended(ctx, result.job_id)
+    [event] = ctx.publisher.on(EVENTS)
+    [row] = [orjson.loads(line) for line in ctx.blobs.read(event["output"]["embeddings"][0]).splitlines()]
+    assert (row["id"], row["metadata_id"], row["metadata_embedding"]) == ("doc-0", "theirs", "e")
+    table = pq.read_table(io.BytesIO(ctx.blobs.read(event["output"]["parquet"][0]))).to_pylist()
+    assert [(r["id"], r["title"], r["metadata_id"], r["metadata_embedding"], r["metadata_title"]) for r in table] == [
+        ("doc-0", "T", "theirs", "e", "t")]
+
+
 def test_complete_twice_gives_one_manifest_and_one_event(ctx):
     result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(3)))
     ctx.provider.finish_all()
