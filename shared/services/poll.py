@@ -52,6 +52,7 @@ COMPLETION_GRACE = timedelta(hours=24)
 class PollSummary:
     due: int = 0
     polled: int = 0
+    progressed: int = 0  # jobs whose batches moved since their last poll
     handed_to_complete: int = 0
     resubmitted: int = 0
     events_published: int = 0
@@ -80,6 +81,7 @@ def poll_due_jobs(ctx: Context) -> PollSummary:
             try:
                 step = _poll(ctx.for_invocation(), job)
                 summary.polled += 1
+                summary.progressed += step == "progressed"
                 summary.handed_to_complete += step == "handed_to_complete"
                 summary.resubmitted += step == "resubmitted"
                 summary.events_published += step == "event_published"
@@ -112,7 +114,7 @@ def _refresh_unleased(ctx: Context, job: Job) -> str | None:
     if (job.state != JobState.RUNNING or job.cancel_requested or _past_deadline(job, now)
             or any(s.state in (ShardState.STAGED, ShardState.CREATING) for s in job.shards)):
         return None
-    before = job.model_dump_json()
+    before = _progress(job)
     for shard in job.shards:
         if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
             try:
@@ -136,7 +138,7 @@ def _refresh_unleased(ctx: Context, job: Job) -> str | None:
     if done:
         _publish_to_complete(ctx, job)
         return "handed_to_complete"
-    return "progressed" if job.model_dump_json() != before else "unchanged"
+    return "progressed" if _progress(job) != before else "unchanged"
 
 
 def poll_job(ctx: Context, job_id: str) -> str:
@@ -183,7 +185,7 @@ def _fail_overdue(ctx: Context, job: Job, code: str, message: str) -> str:
 def _advance_running(ctx: Context, job: Job) -> str:
     now = ctx.clock()
     past_deadline = _past_deadline(job, now)
-    before = job.model_dump_json()
+    before = _progress(job)
     for shard in job.shards:
         if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
             if past_deadline:
@@ -220,7 +222,12 @@ def _advance_running(ctx: Context, job: Job) -> str:
         return "handed_to_complete"
     job.next_poll_at = _next_running_poll(ctx, job, now)
     save(ctx, job, last=True)
-    return "progressed" if job.model_dump_json() != before else "unchanged"
+    return "progressed" if _progress(job) != before else "unchanged"
+
+
+def _progress(job: Job) -> str:
+    """What a poll can learn: the shards' states and counts (the poll times always move)."""
+    return job.model_dump_json(include={"shards", "counts"})
 
 
 def _past_deadline(job: Job, now: datetime) -> bool:

@@ -357,6 +357,9 @@ def test_a_poll_that_only_refreshes_costs_one_write_and_no_read_beyond_the_query
     assert (summary.polled, ctx.jobs.reads - reads, ctx.jobs.writes - writes) == (1, 1, 1)
     job = ctx.jobs.get(result.job_id)
     assert job.state == JobState.RUNNING and job.next_poll_at > ctx.clock() and job.lease_owner is None
+    assert summary.progressed == 0, "the batch did not move"
+    ctx.provider.progress(job.shards[0].batch_name, done=1)
+    assert tick(ctx).progressed == 1
 
 
 def test_a_job_written_during_an_unleased_poll_keeps_that_write(ctx):
