@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -36,6 +36,7 @@ from benchmarks.common import (
     Section,
     Target,
     TimedBlobStore,
+    UnusedProvider,
     child_main,
     md_table,
     peak_memory,
@@ -43,7 +44,7 @@ from benchmarks.common import (
     stopwatch,
 )
 from shared.adapters.gcs_blobs import WRITE_CHUNK_SIZE
-from shared.ports import BatchProvider, ItemResult, ProviderBatch
+from shared.ports import ItemResult
 from shared.services.output import BLOCK_ROWS
 
 __all__ = ["NAME", "TITLE", "LocalResultsProvider", "run"]
@@ -55,7 +56,7 @@ SECONDS_TARGET = 10.0
 RSS_TARGET_MB = 500
 
 
-class LocalResultsProvider(BatchProvider):
+class LocalResultsProvider(UnusedProvider):
     """A provider whose every batch's results are one local responses file (the emulator's line format).
     `seconds` adds up the time spent reading and parsing lines (not the consumer's time between them)."""
 
@@ -81,23 +82,6 @@ class LocalResultsProvider(BatchProvider):
                 if result is not None:
                     yield result
 
-    def upload_requests(self, chunks: Iterable[bytes], size: int, display_name: str) -> str:
-        raise NotImplementedError
-
-    def create_batch(self, **kwargs: Any) -> ProviderBatch:
-        raise NotImplementedError
-
-    def find_batch(self, display_name_suffix: str, created_after: datetime) -> ProviderBatch | None:
-        raise NotImplementedError
-
-    def get_batch(self, name: str) -> ProviderBatch:
-        raise NotImplementedError
-
-    def cancel_batch(self, name: str) -> None:
-        raise NotImplementedError
-
-    def embed(self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int) -> list[list[float]]:
-        raise NotImplementedError
 
 
 # -- setup (in the parent) -----------------------------------------------------------------------------

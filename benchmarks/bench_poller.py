@@ -20,15 +20,15 @@ A second run right after the first finds nothing due: the idle cost of a tick.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from benchmarks.common import BenchRun, Section, Target, md_table, wipe_firestore
+from benchmarks.common import BenchRun, Section, Target, UnusedProvider, md_table, wipe_firestore
 from shared.adapters.firestore_jobs import FirestoreJobRepository, _to_document
 from shared.domain.jobs import Job
-from shared.ports import BatchProvider, ItemResult, ProviderBatch, ProviderState
+from shared.ports import ProviderBatch, ProviderState
 
 __all__ = ["NAME", "TITLE", "CountingJobRepository", "ScriptedProvider", "run"]
 
@@ -81,7 +81,7 @@ class CountingJobRepository(FirestoreJobRepository):
         return outcome
 
 
-class ScriptedProvider(BatchProvider):
+class ScriptedProvider(UnusedProvider):
     """`get_batch` answers at once: RUNNING, with `progress(name)` items done."""
 
     def __init__(self, progress: Callable[[str], int]):
@@ -94,23 +94,6 @@ class ScriptedProvider(BatchProvider):
         return ProviderBatch(name=name, state=ProviderState.RUNNING, total=REQUESTS, succeeded=done,
                              pending=REQUESTS - done)
 
-    def upload_requests(self, chunks: Iterable[bytes], size: int, display_name: str) -> str:
-        raise NotImplementedError
-
-    def create_batch(self, **kwargs: Any) -> ProviderBatch:
-        raise NotImplementedError
-
-    def find_batch(self, display_name_suffix: str, created_after: datetime) -> ProviderBatch | None:
-        raise NotImplementedError
-
-    def cancel_batch(self, name: str) -> None:
-        raise NotImplementedError
-
-    def iter_results(self, name: str) -> Iterator[ItemResult]:
-        raise NotImplementedError
-
-    def embed(self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int) -> list[list[float]]:
-        raise NotImplementedError
 
 
 def _seed(client: Any, collection: str, total: int, due: int, bucket: str) -> None:

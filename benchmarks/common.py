@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from shared.ports import BlobStore
+from shared.ports import BatchProvider, BlobStore, ItemResult, ProviderBatch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:
@@ -47,6 +47,7 @@ __all__ = [
     "Section",
     "Target",
     "TimedBlobStore",
+    "UnusedProvider",
     "child_main",
     "group_cpu_seconds",
     "local_stack",
@@ -208,6 +209,34 @@ class CpuSampler:
         """CPU seconds of each group from `start` to `end` (epoch seconds; to the nearest samples)."""
         a, b = self._at(start), self._at(end)
         return {name: b[name] - a[name] for name in self.groups}
+
+
+# -- ports of our own, for benchmarks that drive one use case -----------------------------------------------
+
+
+class UnusedProvider(BatchProvider):
+    """A provider whose every call fails: a benchmark's provider overrides the calls its use case makes."""
+
+    def upload_requests(self, chunks: Iterable[bytes], size: int, display_name: str) -> str:
+        raise NotImplementedError
+
+    def create_batch(self, **kwargs: Any) -> ProviderBatch:
+        raise NotImplementedError
+
+    def find_batch(self, display_name_suffix: str, created_after: datetime) -> ProviderBatch | None:
+        raise NotImplementedError
+
+    def get_batch(self, name: str) -> ProviderBatch:
+        raise NotImplementedError
+
+    def cancel_batch(self, name: str) -> None:
+        raise NotImplementedError
+
+    def iter_results(self, name: str) -> Iterator[ItemResult]:
+        raise NotImplementedError
+
+    def embed(self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int) -> list[list[float]]:
+        raise NotImplementedError
 
 
 # -- timing wrappers of the ports --------------------------------------------------------------------------
