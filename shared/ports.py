@@ -56,7 +56,8 @@ class JobRepository(abc.ABC):
     @abc.abstractmethod
     def replace_if_unchanged(self, job: Job) -> bool:
         """Write `job` whole, in one write and no read, only if its document has not been written since
-        `job` was read (by `get`, `due` or `update`). False, writing nothing, when another writer came first.
+        `job` was read (by `get`, `due`, `list`, or an `update` that changed nothing). False, writing nothing,
+        when another writer came first.
         """
 
     @abc.abstractmethod

@@ -10,8 +10,9 @@ import itertools
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import orjson
@@ -108,7 +109,7 @@ class FakeJobRepository(JobRepository):
         return due[:limit]
 
     def list(self, *, state: JobState | None = None, limit: int = 50, after: str | None = None):
-        jobs = sorted((Job.model_validate_json(r) for r in self.docs.values()), key=lambda j: (j.created_at, j.job_id), reverse=True)
+        jobs = sorted((self._load(job_id) for job_id in self.docs), key=lambda j: (j.created_at, j.job_id), reverse=True)
         if state:
             jobs = [j for j in jobs if j.state == state]
         if after:
@@ -315,3 +316,61 @@ def make_context(settings: Settings | None = None, clock: FakeClock | None = Non
         settings=settings or Settings(),
         clock=clock,
     )
+
+
+# -- workers that die mid-way ----------------------------------------------------------------------
+# A worker "dies" after its k-th port call: the call completes, then `Crash` (a BaseException no handler
+# catches) is raised, and every later port call of that worker raises `Crash` too: a dead process makes no
+# call, so it neither releases its lease nor cancels an upload (its lease lapses; its upload is never
+# committed).
+
+
+class Crash(BaseException):
+    """The worker's process dies here: nothing catches it, nothing runs after it."""
+
+
+@dataclass
+class Life:
+    """A worker's port calls: counted, and fatal after `budget` of them (never, when None)."""
+
+    budget: int | None = None
+    calls: list[str] = field(default_factory=list)
+    dead: bool = False
+
+
+class Mortal:
+    """One port of a mortal worker (any port: the use cases only call its methods)."""
+
+    def __init__(self, port: Any, label: str, life: Life):
+        self._port = port
+        self._label = label
+        self._life = life
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._port, name)
+        if not callable(value):
+            return value
+        life, label = self._life, self._label
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if life.dead:
+                raise Crash(f"dead before {label}.{name}")
+            result = value(*args, **kwargs)
+            life.calls.append(f"{label}.{name}")
+            if life.budget is not None and len(life.calls) >= life.budget:
+                life.dead = True
+                raise Crash(f"died after call {len(life.calls)}: {label}.{name}")
+            return result
+
+        return call
+
+
+def mortal(ctx: Context, budget: int | None = None) -> tuple[Context, Life]:
+    """A fresh worker over `ctx`'s services whose port calls are counted, dying after `budget` of them."""
+    life = Life(budget)
+    worker = Context(
+        jobs=Mortal(ctx.jobs, "jobs", life), blobs=Mortal(ctx.blobs, "blobs", life),
+        provider=Mortal(ctx.provider, "provider", life), publisher=Mortal(ctx.publisher, "publisher", life),
+        settings=ctx.settings, clock=ctx.clock,
+    )
+    return worker, life

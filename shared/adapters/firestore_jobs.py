@@ -149,6 +149,6 @@ class FirestoreJobRepository(JobRepository):
             if cursor.exists:
                 query = query.start_after(cursor)
         docs = list(query.limit(limit + 1).stream())
-        jobs = [Job.model_validate(d.to_dict()) for d in docs[:limit]]
+        jobs = [_job(d) for d in docs[:limit]]
         next_token = jobs[-1].job_id if len(docs) > limit else None
         return jobs, next_token
