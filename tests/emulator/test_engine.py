@@ -37,9 +37,8 @@ class Rig:
             window_size=8,
         )
 
-    def inline(
-        self, texts: list[str], priority: int = 0, dims: int = 3072, fate: BatchFate | None = None
-    ) -> Batch:
+    def add(self, priority: int = 0, fate: BatchFate | None = None, **source: object) -> Batch:
+        """A queued batch over `source`: `input_file=`, or `inline=` with its `request_count=`."""
         batch = Batch(
             id=new_id(36),
             model=MODEL,
@@ -48,11 +47,16 @@ class Rig:
             seq=self.store.next_seq(),
             fate=fate or BatchFate(),
             not_before=0.0,
-            inline=[InlineRequest({"key": str(i)}, EmbedItem(t, dims)) for i, t in enumerate(texts)],
-            request_count=len(texts),
+            **source,
         )
         self.store.add_batch(batch)
         return batch
+
+    def inline(
+        self, texts: list[str], priority: int = 0, dims: int = 3072, fate: BatchFate | None = None
+    ) -> Batch:
+        requests = [InlineRequest({"key": str(i)}, EmbedItem(t, dims)) for i, t in enumerate(texts)]
+        return self.add(priority, fate, inline=requests, request_count=len(texts))
 
     def done(self, batch: Batch, timeout: float = 10.0) -> Batch:
         wait_for(lambda: batch.state in State.TERMINAL, timeout, f"{batch.name} to end")
@@ -211,17 +215,7 @@ def test_file_batches_write_a_responses_file_in_input_order(rig: Rig):
         json.dumps({"key": "empty", "request": {"content": {"parts": [{"text": ""}]}}}),
         *good[5:],
     ]
-    batch = Batch(
-        id=new_id(36),
-        model=MODEL,
-        display_name="f",
-        priority=0,
-        seq=rig.store.next_seq(),
-        fate=BatchFate(),
-        not_before=0.0,
-        input_file=_input_file(rig, lines),
-    )
-    rig.store.add_batch(batch)
+    batch = rig.add(input_file=_input_file(rig, lines))
     rig.done(batch)
     assert batch.state == State.SUCCEEDED, batch.error
     assert (batch.request_count, batch.succeeded, batch.failed) == (15, 11, 4)
@@ -248,17 +242,7 @@ def test_file_batches_write_a_responses_file_in_input_order(rig: Rig):
 def test_a_deleted_input_file_fails_the_batch(rig: Rig):
     rig.faults.replace({"hold_queue": True})
     name = _input_file(rig, [json.dumps({"key": "a", "request": {"content": {"parts": [{"text": "x"}]}}})])
-    batch = Batch(
-        id=new_id(36),
-        model=MODEL,
-        display_name="f",
-        priority=0,
-        seq=rig.store.next_seq(),
-        fate=BatchFate(),
-        not_before=0.0,
-        input_file=name,
-    )
-    rig.store.add_batch(batch)
+    batch = rig.add(input_file=name)
     rig.store.delete_file(name.removeprefix("files/"))
     rig.faults.clear()
     rig.engine.notify()
@@ -280,18 +264,8 @@ def test_delete_and_reset_stop_running_batches_quietly(rig: Rig):
 
 
 def test_items_of_different_sizes_share_a_model_batch(rig: Rig):
-    batch = Batch(
-        id=new_id(36),
-        model=MODEL,
-        display_name="t",
-        priority=0,
-        seq=rig.store.next_seq(),
-        fate=BatchFate(),
-        not_before=0.0,
-        inline=[InlineRequest({"key": str(d)}, EmbedItem("same text", d)) for d in (128, 3072, 768)],
-        request_count=3,
-    )
-    rig.store.add_batch(batch)
+    requests = [InlineRequest({"key": str(d)}, EmbedItem("same text", d)) for d in (128, 3072, 768)]
+    batch = rig.add(inline=requests, request_count=3)
     rig.done(batch)
     full = rig.expected("same text")
     vectors = {m["key"]: r.vector for m, r in zip(batch.result_metadata, batch.results, strict=True)}

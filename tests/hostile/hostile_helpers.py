@@ -1,10 +1,5 @@
-"""What the hostile tests share: reading the stack's state, awaiting events, and killing workers.
-
-A worker "dies" after its k-th port call: the call completes, then `Crash` (a BaseException no handler
-catches) is raised, and every later port call of that worker raises `Crash` too: a dead process makes no
-call, so it neither releases its lease nor cancels an upload (its lease lapses; its upload is never
-committed).
-"""
+"""What the hostile tests share: reading the stack's state and awaiting events. Workers that die
+mid-way are `tests.fakes.mortal`."""
 
 from __future__ import annotations
 
@@ -12,8 +7,6 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -24,60 +17,7 @@ from infra.local.relay import storage_event
 from shared.domain.jobs import SourceObject
 from shared.domain.paths import JobPaths
 from shared.gemini import GeminiClient
-from shared.services.context import Context
 from tests.integration.pipeline_helpers import EventSubscription, read_gs
-
-
-class Crash(BaseException):
-    """The worker's process dies here: nothing catches it, nothing runs after it."""
-
-
-@dataclass
-class Life:
-    """A worker's port calls: counted, and fatal after `budget` of them (never, when None)."""
-
-    budget: int | None = None
-    calls: list[str] = field(default_factory=list)
-    dead: bool = False
-
-
-class Mortal:
-    """One port of a mortal worker (any port: the use cases only call its methods)."""
-
-    def __init__(self, port: Any, label: str, life: Life):
-        self._port = port
-        self._label = label
-        self._life = life
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._port, name)
-        if not callable(value):
-            return value
-        life, label = self._life, self._label
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if life.dead:
-                raise Crash(f"dead before {label}.{name}")
-            result = value(*args, **kwargs)
-            life.calls.append(f"{label}.{name}")
-            if life.budget is not None and len(life.calls) >= life.budget:
-                life.dead = True
-                raise Crash(f"died after call {len(life.calls)}: {label}.{name}")
-            return result
-
-        return call
-
-
-def mortal(ctx: Context, budget: int | None = None) -> tuple[Context, Life]:
-    """A fresh worker over `ctx`'s services whose port calls are counted, dying after `budget` of them."""
-    life = Life(budget)
-    worker = Context(
-        jobs=Mortal(ctx.jobs, "jobs", life), blobs=Mortal(ctx.blobs, "blobs", life),
-        provider=Mortal(ctx.provider, "provider", life), publisher=Mortal(ctx.publisher, "publisher", life),
-        settings=ctx.settings, clock=ctx.clock,
-    )
-    return worker, life
-
 
 # -- the stack's state ---------------------------------------------------------------------------------
 

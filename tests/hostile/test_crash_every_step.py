@@ -30,14 +30,13 @@ from shared.services.context import Context
 from shared.services.leasing import LeaseHeld
 from shared.services.poll import poll_job
 from shared.services.submit import SubmitOutcome, submit_object
+from tests.fakes import Crash, mortal
 from tests.hostile.hostile_helpers import (
-    Crash,
     await_events,
     batches_per_job,
     emulator_batches,
     job_doc,
     lease_lapsed,
-    mortal,
     paths_of,
     staging_left,
     staging_objects,

@@ -28,7 +28,7 @@ from unittest import mock
 import httpx
 import pytest
 
-from infra.local.stack import COMPONENTS, LocalStack, stop_orphaned
+from infra.local.stack import COMPONENTS, ENV_KEYS, FUNCTIONS, LocalStack, stop_orphaned
 from shared.config import get_settings
 from tests.integration.pipeline_helpers import EventSubscription
 
@@ -41,11 +41,8 @@ TEST_OVERRIDES = {
 }
 # Settings of this process while the stack runs (the functions' settings plus where everything is).
 PROCESS_ENV_KEYS = (
-    "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST",
-    "GEMINI_API_BASE_URL", "GEMINI_API_KEY", "GEMINI_EMULATOR_ADMIN_URL",
-    "INPUT_BUCKET", "INPUT_PREFIX", "OUTPUT_BUCKET", "OUTPUT_PREFIX", "JOBS_COLLECTION",
-    "EVENTS_TOPIC", "COMPLETE_TOPIC", "GCS_NOTIFICATION_TOPIC", "POLLER_TOKEN",
-    "SUBMIT_URL", "POLLER_URL", "COMPLETE_URL", "STATUS_URL",
+    *(key for key in ENV_KEYS if key != "LOG_LEVEL"),  # this process keeps its own log level
+    *(f"{name.upper()}_URL" for name in FUNCTIONS),
 )
 
 

@@ -33,10 +33,9 @@ from shared.errors import NotFound, TransientError
 from shared.ports import ProviderState
 from shared.services.cancel import cancel_job
 from shared.services.complete import complete_job
-from shared.services.context import Context
 from shared.services.poll import poll_due_jobs
 from shared.services.submit import submit_object
-from tests.fakes import FakeClock, make_context
+from tests.fakes import Crash, FakeClock, make_context, mortal
 
 EVENTS = "embedding-events"
 COMPLETE = "embedding-complete"
@@ -44,43 +43,6 @@ NAME = "incoming/docs.jsonl"
 POISON = "POISON"
 TAG = re.compile(r"\[(job-[0-9a-f]+)/s(\d+)a(\d+)\]$")
 SETTLE_ROUNDS = 40
-
-
-class Crash(BaseException):
-    """The worker's process dies: nothing catches it, and it makes no further call."""
-
-
-class _Dying:
-    """A port of a worker that dies right after its `budget`-th port call (counted across its ports)."""
-
-    def __init__(self, target: Any, life: dict[str, int]):
-        self._target = target
-        self._life = life
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._target, name)
-        if not callable(value):
-            return value
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            if self._life["left"] <= 0:
-                raise Crash(f"dead before {name}")
-            result = value(*args, **kwargs)
-            self._life["left"] -= 1
-            if self._life["left"] <= 0:
-                raise Crash(f"died after {name}")
-            return result
-
-        return call
-
-
-def dying(ctx: Context, calls: int) -> Context:
-    """A fresh worker over the same world that dies after `calls` port calls."""
-    life = {"left": calls}
-    return Context(
-        jobs=_Dying(ctx.jobs, life), blobs=_Dying(ctx.blobs, life), provider=_Dying(ctx.provider, life),
-        publisher=_Dying(ctx.publisher, life), settings=ctx.settings, clock=ctx.clock,
-    )
 
 
 def jsonl(texts: list[str]) -> bytes:
@@ -132,7 +94,7 @@ class PipelineMachine(RuleBasedStateMachine):
 
     @rule(calls=st.integers(1, 40), delivery=st.sampled_from(["submit", "poll", "complete"]))
     def crash_during_a_delivery(self, calls: int, delivery: str) -> None:
-        worker = dying(self.ctx, calls)
+        worker, _ = mortal(self.ctx, calls)  # dies right after its `calls`-th port call
         if delivery == "submit":
             self.run(lambda: submit_object(worker, self.source))
         elif delivery == "poll":

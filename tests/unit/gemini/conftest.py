@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.gemini import GeminiClient
-from tests.unit.gemini.gemini_fakes import API_KEY, BASE_URL, FakeClock, FakeGemini
+from tests.unit.gemini.gemini_fakes import FakeClock, FakeGemini, make_client
 
 
 @pytest.fixture
@@ -22,12 +22,5 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def client(fake: FakeGemini, clock: FakeClock) -> Iterator[GeminiClient]:
-    with GeminiClient(
-        API_KEY,
-        base_url=BASE_URL,
-        transport=fake.transport(),
-        sleep=clock.sleep,
-        clock=clock,
-        rand=lambda: 0.5,
-    ) as gemini:
+    with make_client(fake.handler, clock) as gemini:
         yield gemini

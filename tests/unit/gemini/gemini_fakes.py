@@ -326,7 +326,7 @@ def _camel(name: str) -> str:
 def make_client(
     handler: Callable[[httpx.Request], httpx.Response], clock: FakeClock, **options: Any
 ) -> GeminiClient:
-    """A client over a one-off handler, for error paths."""
+    """A client over `handler` (the fake API's, or a one-off for error paths), on the fake clock, jitter fixed."""
     options.setdefault("rand", lambda: 0.5)
     return GeminiClient(
         API_KEY,

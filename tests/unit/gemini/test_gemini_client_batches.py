@@ -17,7 +17,7 @@ from shared.gemini import (
     PermanentGeminiError,
 )
 from shared.gemini.errors import RetryableGeminiError
-from tests.unit.gemini.gemini_fakes import API_KEY, BASE_URL, FakeClock, FakeGemini, vector_for
+from tests.unit.gemini.gemini_fakes import API_KEY, BASE_URL, FakeClock, FakeGemini, make_client, vector_for
 
 # -- create --------------------------------------------------------------------------------------------
 
@@ -108,14 +108,7 @@ def test_submit_small_batch_goes_inline_with_positional_keys(client: GeminiClien
 
 def test_submit_over_the_inline_limit_uploads_a_jsonl_file(fake: FakeGemini, clock: FakeClock):
     items = [EmbedItem("doc-1", "first text"), EmbedItem("doc-2", "second text", title="Second")]
-    with GeminiClient(
-        API_KEY,
-        base_url=BASE_URL,
-        transport=fake.transport(),
-        sleep=clock.sleep,
-        clock=clock,
-        inline_limit_bytes=200,
-    ) as client:
+    with make_client(fake.handler, clock, inline_limit_bytes=200) as client:
         batch = client.submit_embedding_batch(
             items, display_name="Big", task_type="RETRIEVAL_DOCUMENT", priority=-1
         )
