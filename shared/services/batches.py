@@ -18,7 +18,7 @@ from shared.ports import ProviderBatch
 from shared.services.context import Context
 from shared.services.leasing import save
 
-__all__ = ["adopt", "batch_display_name", "ensure_batch", "UPLOAD_CHUNK"]
+__all__ = ["adopt", "batch_display_name", "ensure_batch", "stop_batch", "UPLOAD_CHUNK"]
 
 log = get_logger(__name__)
 
@@ -45,6 +45,14 @@ def adopt(shard: Shard, batch: ProviderBatch) -> None:
     shard.pending = batch.pending
     if batch.error is not None:
         shard.provider_error = ErrorInfo(code=batch.error.code, message=batch.error.message)
+
+
+def stop_batch(ctx: Context, name: str) -> None:
+    """Cancel a batch, best effort: a failure is logged, and the caller ends its shard or job either way."""
+    try:
+        ctx.provider.cancel_batch(name)
+    except Exception:  # noqa: BLE001 - best effort
+        log.warning("could not cancel batch", batch=name, exc_info=True)
 
 
 def ensure_batch(ctx: Context, job: Job, shard: Shard) -> None:

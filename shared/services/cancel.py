@@ -10,15 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.domain.jobs import SHARD_IN_FLIGHT, ErrorInfo, Job, JobState, ShardState
-from shared.logging import get_logger
+from shared.services.batches import stop_batch
 from shared.services.context import Context
 from shared.services.finish import end_job
 from shared.services.leasing import LeaseHeld, leased
 
 __all__ = ["CancelResult", "cancel_held", "cancel_job"]
-
-log = get_logger(__name__)
-
 
 @dataclass(frozen=True)
 class CancelResult:
@@ -53,10 +50,7 @@ def cancel_job(ctx: Context, job_id: str) -> CancelResult:
 def cancel_held(ctx: Context, job: Job) -> None:
     """Cancel the batches of a job held under lease and end it CANCELLED."""
     for shard in job.shards:
-        if shard.batch_name and (shard.state in SHARD_IN_FLIGHT or shard.state == ShardState.CREATING):
-            try:
-                ctx.provider.cancel_batch(shard.batch_name)
-            except Exception:  # noqa: BLE001 - best effort: the job is cancelled either way
-                log.warning("could not cancel batch", job_id=job.job_id, batch=shard.batch_name, exc_info=True)
+        if shard.batch_name and shard.state in SHARD_IN_FLIGHT:  # a CREATING shard has no batch name yet
+            stop_batch(ctx, shard.batch_name)
             shard.state = ShardState.CANCELLED
     end_job(ctx, job, JobState.CANCELLED, error=ErrorInfo(code="CANCELLED", message="cancelled by request"))

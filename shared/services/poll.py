@@ -33,7 +33,7 @@ from shared.domain.jobs import (
 from shared.domain.schedule import next_poll_at
 from shared.errors import NotFound, PermanentError, TransientError
 from shared.logging import bind, get_logger
-from shared.services.batches import adopt, ensure_batch
+from shared.services.batches import adopt, ensure_batch, stop_batch
 from shared.services.cancel import cancel_held
 from shared.services.context import Context
 from shared.services.finish import end_job, publish_completion
@@ -189,7 +189,7 @@ def _advance_running(ctx: Context, job: Job) -> str:
     for shard in job.shards:
         if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
             if past_deadline:
-                _stop_batch(ctx, shard.batch_name)
+                stop_batch(ctx, shard.batch_name)
                 shard.abandon(ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline"))
                 continue
             try:
@@ -280,13 +280,6 @@ def _reschedule(ctx: Context, job: Job, minutes: float) -> str:
     job.next_poll_at = ctx.clock() + timedelta(minutes=minutes)
     save(ctx, job, last=True)
     return "rescheduled"
-
-
-def _stop_batch(ctx: Context, name: str) -> None:
-    try:
-        ctx.provider.cancel_batch(name)
-    except Exception:  # noqa: BLE001 - best effort; the shard is abandoned either way
-        log.warning("could not cancel batch", batch=name, exc_info=True)
 
 
 def _note_failure(ctx: Context, job_id: str, exc: Exception) -> None:

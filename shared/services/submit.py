@@ -21,7 +21,8 @@ from shared.domain.options import OnBadRecord, OptionError, options_from_metadat
 from shared.domain.schedule import next_poll_at
 from shared.errors import NotFound, PermanentError
 from shared.logging import bind, get_logger
-from shared.services.batches import ensure_batch
+from shared.services.batches import ensure_batch, stop_batch
+from shared.services.cancel import cancel_held
 from shared.services.context import Context
 from shared.services.finish import end_job, publish_completion
 from shared.services.leasing import leased, renew, save
@@ -86,8 +87,8 @@ def resume_submission(ctx: Context, job_id: str) -> SubmitResult:
             return SubmitResult(SubmitOutcome.ALREADY_DONE, job_id, reason=job.state.value)
         if job.state != JobState.SUBMITTING:
             return SubmitResult(SubmitOutcome.ALREADY_DONE, job_id, reason=job.state.value)
-        if job.cancel_requested:
-            end_job(ctx, job, JobState.CANCELLED, error=ErrorInfo(code="CANCELLED", message="cancelled by request"))
+        if job.cancel_requested:  # batches of shards created before the request are stopped too
+            cancel_held(ctx, job)
             return SubmitResult(SubmitOutcome.FAILED, job_id, reason="cancelled")
         failure = _prepare(ctx, job)
         if failure is not None:
@@ -152,7 +153,4 @@ def _prepare(ctx: Context, job: Job) -> ErrorInfo | None:
 def _cancel_created(ctx: Context, job: Job) -> None:
     for shard in job.shards:
         if shard.batch_name:
-            try:
-                ctx.provider.cancel_batch(shard.batch_name)
-            except Exception:  # noqa: BLE001 - best effort: the job fails either way
-                log.warning("could not cancel batch", batch=shard.batch_name, exc_info=True)
+            stop_batch(ctx, shard.batch_name)

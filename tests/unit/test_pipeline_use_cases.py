@@ -341,6 +341,27 @@ def test_cancel_stops_batches_and_announces_once(ctx):
     assert event["status"] == "CANCELLED" and event["error"]["code"] == "CANCELLED"
 
 
+def test_a_submission_cancelled_half_way_stops_the_batches_it_created():
+    ctx = make_context(Settings(max_requests_per_batch=2))
+    source = upload(ctx, "incoming/a.jsonl", jsonl(4))
+    create = ctx.provider.create_batch
+
+    def second_fails(**request):  # shard 0's batch is made, shard 1's create is refused for now
+        if ctx.provider.batches:
+            raise TransientError("429 RESOURCE_EXHAUSTED")
+        return create(**request)
+
+    ctx.provider.create_batch = second_fails
+    with pytest.raises(TransientError):
+        submit_object(ctx.for_invocation(), source)
+    job_id = job_id_for(source.bucket, source.name, source.generation)
+    [created] = [shard.batch_name for shard in ctx.jobs.get(job_id).shards if shard.batch_name]
+    ctx.jobs.update(job_id, lambda job: setattr(job, "cancel_requested", True))
+    assert submit_object(ctx.for_invocation(), source).reason == "cancelled"
+    assert ctx.jobs.get(job_id).state == JobState.CANCELLED
+    assert ctx.provider.batches[created]["state"] == ProviderState.CANCELLED, "the created batch runs on"
+
+
 def test_cancel_of_a_busy_job_is_carried_out_by_the_poller(ctx):
     result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(2)))
     other = ctx.for_invocation()
