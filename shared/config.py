@@ -11,6 +11,7 @@ from functools import lru_cache
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.domain.jobs import ShardMode
 from shared.domain.options import DEFAULT_MODEL, JobOptions, TaskType
 
 __all__ = ["Settings", "get_settings"]
@@ -82,6 +83,11 @@ class Settings(BaseSettings):
     price_interactive_per_million: float = 0.15
 
     log_level: str = Field("INFO")
+
+    def shard_mode(self, requests: int, size: int) -> ShardMode:
+        """INLINE when a shard of `requests` requests and `size` bytes fits the inline limits, else FILE."""
+        fits = requests <= self.inline_max_requests and size <= self.inline_max_bytes
+        return ShardMode.INLINE if fits else ShardMode.FILE
 
     def default_options(self) -> JobOptions:
         return JobOptions(

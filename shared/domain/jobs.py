@@ -283,6 +283,11 @@ class Job(BaseModel):
 
     # -- progress -----------------------------------------------------------------------------
 
+    @property
+    def followed_up(self) -> set[int]:
+        """Indices of the shards whose failed items a follow-up shard carries on."""
+        return {s.parent for s in self.shards if s.parent is not None}
+
     def refresh_counts(self) -> None:
         """Derive counts, progress and success rate from the shards.
 
@@ -290,7 +295,7 @@ class Job(BaseModel):
         parent, so the parent's failures are only final when no follow-up carries them.
         """
         succeeded = failed = 0
-        retried_from = {s.parent for s in self.shards if s.parent is not None}
+        retried_from = self.followed_up
         for shard in self.shards:
             succeeded += shard.succeeded
             if shard.index not in retried_from:

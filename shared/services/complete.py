@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from shared.domain.jobs import ErrorInfo, FileRef, Job, JobOutput, JobState, Shard, ShardMode, ShardState
+from shared.domain.jobs import ErrorInfo, FileRef, Job, JobOutput, JobState, Shard, ShardState
 from shared.domain.paths import JobPaths
 from shared.domain.schedule import next_poll_at
 from shared.errors import PermanentError
@@ -27,7 +27,7 @@ from shared.services.cancel import cancel_held
 from shared.services.context import Context
 from shared.services.finish import end_job, publish_completion
 from shared.services.leasing import leased, save
-from shared.services.output import load_records, write_shard_output
+from shared.services.output import file_ref, write_shard_output
 
 __all__ = ["complete_job", "final_state"]
 
@@ -88,7 +88,7 @@ def final_state(job: Job) -> JobState:
 
 def _resubmit_failed_items(ctx: Context, job: Job, paths: JobPaths) -> bool:
     """Stage and create a follow-up shard for each written shard with failed items and tries left."""
-    parents = {s.parent for s in job.shards if s.parent is not None}
+    parents = job.followed_up
     candidates = [
         s for s in job.shards
         if s.state == ShardState.WRITTEN and s.failed and s.index not in parents
@@ -130,9 +130,8 @@ def _stage_follow_up(ctx: Context, job: Job, parent: Shard, paths: JobPaths) -> 
                 records.write(line)
     if parent.request_count:
         tokens = parent.estimated_tokens * count // parent.request_count
-    inline = count <= ctx.settings.inline_max_requests and size <= ctx.settings.inline_max_bytes
     return Shard(
-        index=index, mode=ShardMode.INLINE if inline else ShardMode.FILE, request_count=count,
+        index=index, mode=ctx.settings.shard_mode(count, size), request_count=count,
         request_bytes=size, estimated_tokens=tokens, requests_uri=paths.requests(index),
         records_uri=paths.records(index), parent=parent.index, item_attempt=parent.item_attempt + 1,
     )
@@ -164,8 +163,7 @@ def _finalize(ctx: Context, job: Job, paths: JobPaths) -> None:
 
 def _write_errors(ctx: Context, job: Job, paths: JobPaths) -> FileRef | None:
     """`errors.jsonl`: every item that failed at its last try, with its id, code and message."""
-    parents = {s.parent for s in job.shards if s.parent is not None}
-    final = [s for s in job.shards if s.index not in parents]
+    final = [s for s in job.shards if s.index not in job.followed_up]
     rows = 0
     with ctx.blobs.open_write(paths.errors, "application/jsonl") as out:
         for shard in final:
@@ -175,8 +173,7 @@ def _write_errors(ctx: Context, job: Job, paths: JobPaths) -> FileRef | None:
     if not rows:
         ctx.blobs.delete(paths.errors)
         return None
-    info = ctx.blobs.stat(paths.errors)
-    return FileRef(uri=paths.errors, size=info.size, crc32c=info.crc32c, md5=info.md5, rows=rows)
+    return file_ref(ctx, paths.errors, rows)
 
 
 def _final_failures(ctx: Context, shard: Shard) -> Iterator[dict[str, Any]]:
@@ -186,9 +183,8 @@ def _final_failures(ctx: Context, shard: Shard) -> Iterator[dict[str, Any]]:
             yield {"id": row["id"], "key": row["key"], "code": error.code, "message": error.message,
                    "attempts": shard.item_attempt}
     elif shard.state == ShardState.WRITTEN and shard.output and shard.output.failed_items_uri:
-        ids = {key: item.id for key, item in load_records(ctx, shard.records_uri).items()}
-        for row in _jsonl(ctx, shard.output.failed_items_uri):
-            yield {"id": ids.get(row["key"]), "key": row["key"], "code": row["code"], "message": row["message"],
+        for row in _jsonl(ctx, shard.output.failed_items_uri):  # each row names its item's id
+            yield {"id": row["id"], "key": row["key"], "code": row["code"], "message": row["message"],
                    "attempts": shard.item_attempt}
 
 

@@ -30,7 +30,7 @@ from shared.logging import get_logger
 from shared.ports import ItemResult
 from shared.services.context import Context
 
-__all__ = ["BLOCK_ROWS", "load_records", "write_shard_output"]
+__all__ = ["BLOCK_ROWS", "file_ref", "load_records", "write_shard_output"]
 
 log = get_logger(__name__)
 
@@ -116,7 +116,7 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
         failures = files.enter_context(ctx.blobs.open_write(paths.failed_items(shard.index), "application/jsonl"))
 
         def fail(key: str, error: ErrorInfo) -> None:
-            failures.write(orjson.dumps({"key": key, "code": error.code, "message": error.message}) + b"\n")
+            failures.write(orjson.dumps({"key": key, "id": records[key].id, "code": error.code, "message": error.message}) + b"\n")
             failed_keys.append(key)
 
         parquet = _ParquetSink(parquet_stream, dims, records)
@@ -152,8 +152,8 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
             fail(key, ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
     failed = len(failed_keys)
     return ShardOutput(
-        embeddings=_ref(ctx, paths.embeddings(shard.index), succeeded),
-        parquet=_ref(ctx, paths.parquet(shard.index), succeeded),
+        embeddings=file_ref(ctx, paths.embeddings(shard.index), succeeded),
+        parquet=file_ref(ctx, paths.parquet(shard.index), succeeded),
         failed_items_uri=paths.failed_items(shard.index) if failed else None,
         succeeded=succeeded,
         failed=failed,
@@ -171,7 +171,8 @@ def _problem(result: ItemResult, dims: int) -> ErrorInfo | None:
     return None
 
 
-def _ref(ctx: Context, uri: str, rows: int) -> FileRef:
+def file_ref(ctx: Context, uri: str, rows: int) -> FileRef:
+    """What the job records of a written file: its size and checksums as stored."""
     info = ctx.blobs.stat(uri)
     return FileRef(uri=uri, size=info.size if info else 0, crc32c=info.crc32c if info else None,
                    md5=info.md5 if info else None, rows=rows)
