@@ -95,8 +95,6 @@ class ShardState(StrEnum):
 SHARD_IN_FLIGHT = frozenset({ShardState.PENDING, ShardState.RUNNING})
 #: States in which the provider ended the batch without results.
 SHARD_PROVIDER_FAILED = frozenset({ShardState.FAILED, ShardState.EXPIRED, ShardState.CANCELLED})
-#: States a shard ends in.
-SHARD_DONE = frozenset({ShardState.WRITTEN, ShardState.ABANDONED})
 
 
 class InvalidTransition(RuntimeError):
@@ -190,10 +188,6 @@ class Shard(BaseModel):
         """The suffix of the batch's display name that finds it again after a crash."""
         return f"[{job_id}/s{self.index}a{self.batch_attempts}]"
 
-    @property
-    def finished(self) -> bool:
-        return self.state in SHARD_DONE
-
 
 class Estimate(BaseModel):
     input_tokens: int = 0
@@ -272,10 +266,6 @@ class Job(BaseModel):
             # Due at once until its event is published: the poller publishes it if the ender crashed.
             self.next_poll_at = now
 
-    def fail(self, code: str, message: str, now: datetime) -> None:
-        self.error = ErrorInfo(code=code, message=message, at=now)
-        self.move_to(JobState.FAILED, now)
-
     # -- leases -------------------------------------------------------------------------------
 
     def leased_by_other(self, owner: str, now: datetime) -> bool:
@@ -308,9 +298,6 @@ class Job(BaseModel):
         done = succeeded + failed
         self.progress_percentage = round(100.0 * done / total, 2) if total else 0.0
         self.success_rate = round(100.0 * succeeded / done, 2) if done else None
-
-    def shard(self, index: int) -> Shard:
-        return self.shards[index]
 
 
 def job_id_for(bucket: str, name: str, generation: str | int) -> str:

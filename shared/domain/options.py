@@ -137,9 +137,7 @@ def options_from_metadata(metadata: dict[str, str] | None, defaults: JobOptions)
         values[key] = _coerce(key, raw_value)
     try:
         return JobOptions(**values)
-    except OptionError:
-        raise
-    except ValidationError as exc:
+    except ValidationError as exc:  # pydantic wraps a validator's OptionError: unwrapped below
         first = exc.errors()[0]
         option = str(first["loc"][0]) if first["loc"] else "options"
         if isinstance(first.get("ctx", {}).get("error"), OptionError):
