@@ -77,9 +77,6 @@ class TimedProvider(BatchProvider):
     def iter_results(self, name: str) -> Iterator[ItemResult]:
         return self.inner.iter_results(name)
 
-    def embed(self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int) -> list[list[float]]:
-        return self.inner.embed(texts, model=model, task_type=task_type, output_dimensionality=output_dimensionality)
-
 
 def _child(args: dict[str, Any]) -> dict[str, Any]:
     """In the child: one `submit_object` over the stack's services (the environment points at them)."""

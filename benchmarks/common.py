@@ -235,9 +235,6 @@ class UnusedProvider(BatchProvider):
     def iter_results(self, name: str) -> Iterator[ItemResult]:
         raise NotImplementedError
 
-    def embed(self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int) -> list[list[float]]:
-        raise NotImplementedError
-
 
 # -- timing wrappers of the ports --------------------------------------------------------------------------
 

@@ -194,9 +194,3 @@ class BatchProvider(abc.ABC):
     @abc.abstractmethod
     def iter_results(self, name: str) -> Iterator[ItemResult]:
         """Stream every item result of a SUCCEEDED batch, in the provider's order (not the input's)."""
-
-    @abc.abstractmethod
-    def embed(
-        self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int
-    ) -> list[list[float]]:
-        """Interactive embeddings, for small jobs and queries."""

@@ -281,10 +281,6 @@ class FakeBatchProvider(BatchProvider):
             else:
                 yield ItemResult(key=request["key"], values=fake_vector(text, request["request"]["outputDimensionality"]))
 
-    def embed(self, texts, *, model, task_type, output_dimensionality):
-        self._count("embed")
-        return [fake_vector(t, output_dimensionality) for t in texts]
-
     # -- test controls ------------------------------------------------------------------------
 
     def progress(self, name: str, done: int) -> None:

@@ -91,13 +91,6 @@ class GeminiBatchProvider(BatchProvider):
         for result in self.client.iter_results(name):
             yield to_item_result(result)
 
-    def embed(
-        self, texts: list[str], *, model: str, task_type: str, output_dimensionality: int
-    ) -> list[list[float]]:
-        return self.client.batch_embed_contents(
-            texts, model=model, task_type=task_type, output_dimensionality=output_dimensionality
-        )
-
 
 def to_provider_batch(batch: EmbeddingBatch) -> ProviderBatch:
     stats = batch.batch_stats

@@ -290,7 +290,7 @@ def test_provider_round_trip_through_a_file(gemini: GeminiClient):
     results = {r.key: r for r in provider.iter_results(created.name)}
     assert set(results) == {f"r{i}" for i in range(30)}
     assert all(r.error is None and len(r.values) == DIMS for r in results.values())
-    vectors = provider.embed(
+    vectors = gemini.batch_embed_contents(
         ["row 7"], model="gemini-embedding-001", task_type="RETRIEVAL_DOCUMENT", output_dimensionality=DIMS
     )
     assert len(vectors) == 1 and len(vectors[0]) == DIMS

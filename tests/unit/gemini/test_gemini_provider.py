@@ -181,9 +181,9 @@ def test_transient_errors_stay_transient(fake: FakeGemini, clock):
             provider.get_batch("batches/x")
 
 
-def test_embed_uses_the_interactive_api(provider: GeminiBatchProvider, fake: FakeGemini):
+def test_interactive_embeddings_go_in_calls_of_100(client: GeminiClient, fake: FakeGemini):
     texts = [f"q{i}" for i in range(101)]
-    vectors = provider.embed(
+    vectors = client.batch_embed_contents(
         texts, model="gemini-embedding-001", task_type="RETRIEVAL_QUERY", output_dimensionality=768
     )
     assert vectors == [vector_for(t) for t in texts]
