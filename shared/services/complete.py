@@ -19,7 +19,6 @@ import orjson
 
 from shared.domain.jobs import ErrorInfo, FileRef, Job, JobOutput, JobState, Shard, ShardState
 from shared.domain.paths import JobPaths
-from shared.domain.schedule import next_poll_at
 from shared.errors import PermanentError
 from shared.logging import get_logger
 from shared.services.batches import ensure_batch
@@ -107,9 +106,7 @@ def _resubmit_failed_items(ctx: Context, job: Job, paths: JobPaths) -> bool:
     now = ctx.clock()
     job.refresh_counts()
     job.move_to(JobState.RUNNING, now)
-    job.next_poll_at = next_poll_at(now, size=sum(s.request_count for s in candidates), age_seconds=0,
-                                    minimum=ctx.settings.poll_min_interval_seconds,
-                                    maximum=ctx.settings.poll_max_interval_seconds)
+    job.next_poll_at = ctx.next_poll_at(now, size=sum(s.request_count for s in candidates), age_seconds=0)
     save(ctx, job, last=True)
     return True
 

@@ -30,7 +30,6 @@ from shared.domain.jobs import (
     JobState,
     ShardState,
 )
-from shared.domain.schedule import next_poll_at
 from shared.errors import NotFound, PermanentError, TransientError
 from shared.logging import bind, get_logger
 from shared.services.batches import adopt, ensure_batch, stop_batch
@@ -161,7 +160,7 @@ def _step(ctx: Context, job: Job) -> str:
     now = ctx.clock()
     idle = now - job.updated_at
     if job.state == JobState.SUBMITTING:
-        if job.deadline_at is not None and now >= job.deadline_at:
+        if _past_deadline(job, now):
             return _fail_overdue(ctx, job, "DEADLINE_EXCEEDED", "the submission did not complete before the job's deadline")
         if idle < timedelta(minutes=ctx.settings.submit_stale_minutes):
             return _reschedule(ctx, job, minutes=ctx.settings.submit_stale_minutes)
@@ -239,10 +238,9 @@ def _all_shards_done(job: Job) -> bool:
 
 
 def _next_running_poll(ctx: Context, job: Job, now: datetime) -> datetime:
-    return next_poll_at(
+    return ctx.next_poll_at(
         now, size=job.counts.total, age_seconds=(now - (job.submitted_at or job.created_at)).total_seconds(),
         seconds_left=_seconds_left(job, now),
-        minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
     )
 
 
@@ -292,10 +290,7 @@ def _note_failure(ctx: Context, job_id: str, exc: Exception) -> None:
             code=getattr(exc, "code", type(exc).__name__), message=str(exc)[:500], at=now,
         )
         if job.next_poll_at is not None:
-            job.next_poll_at = next_poll_at(
-                now, size=job.counts.total, age_seconds=0, failures=job.poll_failures,
-                minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
-            )
+            job.next_poll_at = ctx.next_poll_at(now, size=job.counts.total, age_seconds=0, failures=job.poll_failures)
 
     try:
         ctx.jobs.update(job_id, back_off)

@@ -18,7 +18,6 @@ from enum import StrEnum
 
 from shared.domain.jobs import ErrorInfo, Job, JobState, SourceObject, job_id_for
 from shared.domain.options import OnBadRecord, OptionError, options_from_metadata
-from shared.domain.schedule import next_poll_at
 from shared.errors import NotFound, PermanentError
 from shared.logging import bind, get_logger
 from shared.services.batches import ensure_batch, stop_batch
@@ -106,10 +105,7 @@ def resume_submission(ctx: Context, job_id: str) -> SubmitResult:
         job.submitted_at = now
         job.refresh_counts()
         job.move_to(JobState.RUNNING, now)
-        job.next_poll_at = next_poll_at(
-            now, size=job.counts.total, age_seconds=0,
-            minimum=ctx.settings.poll_min_interval_seconds, maximum=ctx.settings.poll_max_interval_seconds,
-        )
+        job.next_poll_at = ctx.next_poll_at(now, size=job.counts.total, age_seconds=0)
         save(ctx, job, last=True)
         log.info("job submitted", shards=len(job.shards), records=job.counts.total,
                  input_tokens=job.estimate.input_tokens, cost_batch_usd=job.estimate.cost_batch_usd)
