@@ -11,5 +11,5 @@ __all__ = ["job_view"]
 
 def job_view(job: Job) -> dict[str, Any]:
     view = job.model_dump(mode="json", exclude={"lease_owner", "lease_until"})
-    view["counts"]["pending"] = job.counts.pending
+    view["counts"] = job.counts.to_dict()
     return view

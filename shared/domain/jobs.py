@@ -148,6 +148,10 @@ class Counts(BaseModel):
     def pending(self) -> int:
         return max(self.total - self.succeeded - self.failed, 0)
 
+    def to_dict(self) -> dict[str, int]:
+        """The counts with `pending`, as operators and the manifest see them (not stored: it is derived)."""
+        return {**self.model_dump(), "pending": self.pending}
+
 
 class ShardOutput(BaseModel):
     embeddings: FileRef

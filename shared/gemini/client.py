@@ -17,7 +17,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from typing import IO, Any, BinaryIO
@@ -26,7 +26,7 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from shared.domain.options import MAX_DIMENSIONS, MIN_DIMENSIONS, OptionError, TaskType
+from shared.domain.options import DEFAULT_MODEL, MAX_DIMENSIONS, MIN_DIMENSIONS, OptionError, TaskType
 from shared.gemini.errors import (
     AwaitTimeoutError,
     BatchNotCompleteError,
@@ -72,7 +72,6 @@ __all__ = [
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
-DEFAULT_MODEL = "gemini-embedding-001"
 #: The API takes inline requests up to 20 MB for the whole create call; stay clear of the edge.
 INLINE_LIMIT_BYTES = 19_000_000
 #: batchEmbedContents takes at most this many requests per call.
@@ -412,12 +411,13 @@ class GeminiClient:
     def download_file(self, name: str) -> Iterator[bytes]:
         """The file's bytes, streamed in pieces."""
         path = f"download/{API_VERSION}/{_resource_name('files', name)}:download"
-        operation = f"GET {path}"
-        with self._open_stream(path, operation) as response:
-            try:
-                yield from response.iter_bytes()
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc, operation) from None
+        response = self._request("GET", path, params={"alt": "media"}, stream=True)
+        try:
+            yield from response.iter_bytes()
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc, f"GET {path}") from None
+        finally:
+            response.close()
 
     def delete_file(self, name: str) -> None:
         self._request("DELETE", f"{API_VERSION}/{_resource_name('files', name)}")
@@ -537,20 +537,15 @@ class GeminiClient:
         return session.copy_with(scheme=base.scheme, host=base.host, port=base.port)
 
     def _iter_results_file(self, file_name: str) -> Iterator[BatchItemResult]:
-        path = f"download/{API_VERSION}/{_resource_name('files', file_name)}:download"
-        operation = f"GET {path}"
-        with self._open_stream(path, operation) as response:
-            try:
-                for number, line in enumerate(_byte_lines(response.iter_bytes()), start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        result = parse_result(orjson.loads(line), number - 1)
-                    except (ValueError, ResultFormatError) as exc:
-                        raise PermanentGeminiError(f"line {number} of {file_name}: {exc}") from None
-                    yield result
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc, operation) from None
+        with closing(self.download_file(file_name)) as chunks:
+            for number, line in enumerate(_byte_lines(chunks), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    result = parse_result(orjson.loads(line), number - 1)
+                except (ValueError, ResultFormatError) as exc:
+                    raise PermanentGeminiError(f"line {number} of {file_name}: {exc}") from None
+                yield result
 
     def _batch_from(self, response: httpx.Response) -> EmbeddingBatch:
         try:
@@ -586,47 +581,25 @@ class GeminiClient:
         *,
         authenticate: bool = True,
         headers: Mapping[str, str] | None = None,
+        stream: bool = False,
         **kwargs: Any,
     ) -> httpx.Response:
+        """One attempt. `stream`: the body is left unread (the caller closes the response)."""
+        request = self._http.build_request(method, url, headers=self._headers(headers, authenticate), **kwargs)
         try:
-            response = self._http.request(method, url, headers=self._headers(headers, authenticate), **kwargs)
+            response = self._http.send(request, stream=stream)
         except httpx.HTTPError as exc:
             raise self._transport_error(exc, operation) from None
         if response.is_error:
-            raise self._http_error(response, operation)
-        return response
-
-    @contextmanager
-    def _open_stream(self, path: str, operation: str) -> Iterator[httpx.Response]:
-        def attempt() -> httpx.Response:
-            request = self._http.build_request(
-                "GET", path, params={"alt": "media"}, headers=self._headers(None, True)
-            )
-            try:
-                response = self._http.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc, operation) from None
-            if response.is_error:
+            if stream:  # the error body, for the message; the connection goes back to the pool
                 try:
                     response.read()
                 except httpx.HTTPError:
                     pass
                 finally:
                     response.close()
-                raise self._http_error(response, operation)
-            return response
-
-        response = retry_call(
-            attempt,
-            policy=self._policy,
-            sleep=self._sleep,
-            rand=self._rand,
-            on_retry=partial(_log_retry, operation),
-        )
-        try:
-            yield response
-        finally:
-            response.close()
+            raise self._http_error(response, operation)
+        return response
 
     def _headers(self, headers: Mapping[str, str] | None, authenticate: bool) -> dict[str, str]:
         merged = dict(headers or {})

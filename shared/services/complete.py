@@ -206,7 +206,7 @@ def _manifest(ctx: Context, job: Job, state: JobState, written: list[Shard], err
         "task_type": options.task_type.value,
         "dimensions": options.output_dimensionality,
         "normalized": "L2",
-        "counts": {**job.counts.model_dump(), "pending": job.counts.pending},
+        "counts": job.counts.to_dict(),
         "success_rate": job.success_rate,
         "files": {
             "embeddings": [s.output.embeddings.model_dump(exclude_none=True) for s in written],
