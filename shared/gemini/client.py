@@ -188,24 +188,8 @@ class GeminiClient:
         option first (`InvalidArgumentError`). Not idempotent: see `create_embedding_batch`.
         """
         display_name = _check_display_name(display_name)
-        task = _check_options(task_type, output_dimensionality, title)
-        entries = _as_items(items)
-        if task is not TaskType.RETRIEVAL_DOCUMENT and any(entry.title for entry in entries):
-            raise InvalidArgumentError("title is only allowed with task_type RETRIEVAL_DOCUMENT")
-        model_path = _model_path(model)
-        requests = [
-            {
-                "key": entry.key,
-                "request": EmbedContentRequest.of_text(
-                    entry.text,
-                    model=model_path,
-                    task_type=task,
-                    title=entry.title or title,
-                    output_dimensionality=output_dimensionality,
-                ).to_wire(),
-            }
-            for entry in entries
-        ]
+        model_path, request = _request_builder(model, task_type, output_dimensionality, title)
+        requests = [{"key": entry.key, "request": request(entry.text, entry.title)} for entry in _as_items(items)]
         inline = [_inline_wire(request) for request in requests]
         if _fits(inline, display_name, priority, self.inline_limit_bytes):
             body = _create_body(display_name, {"requests": {"requests": inline}}, priority)
@@ -434,16 +418,12 @@ class GeminiClient:
         title: str | None = None,
     ) -> list[float]:
         """One text's vector, at once (interactive price)."""
-        task = _check_options(task_type, output_dimensionality, title)
-        model_path = _model_path(model)
-        request = EmbedContentRequest.of_text(
-            text, model=model_path, task_type=task, title=title, output_dimensionality=output_dimensionality
-        )
+        model_path, request = _request_builder(model, task_type, output_dimensionality, title)
         body = _json(
             self._request(
                 "POST",
                 f"{API_VERSION}/{model_path}:embedContent",
-                content=_dumps(request.to_wire()),
+                content=_dumps(request(text)),
                 headers=_JSON_HEADERS,
             )
         )
@@ -462,22 +442,12 @@ class GeminiClient:
         title: str | None = None,
     ) -> list[list[float]]:
         """The texts' vectors in input order, in calls of at most 100 requests (interactive price)."""
-        task = _check_options(task_type, output_dimensionality, title)
-        model_path = _model_path(model)
+        model_path, request = _request_builder(model, task_type, output_dimensionality, title)
         texts = list(texts)
         vectors: list[list[float]] = []
         for start in range(0, len(texts), MAX_INTERACTIVE_REQUESTS):
             group = texts[start : start + MAX_INTERACTIVE_REQUESTS]
-            requests = [
-                EmbedContentRequest.of_text(
-                    text,
-                    model=model_path,
-                    task_type=task,
-                    title=title,
-                    output_dimensionality=output_dimensionality,
-                ).to_wire()
-                for text in group
-            ]
+            requests = [request(text) for text in group]
             path = f"{API_VERSION}/{model_path}:batchEmbedContents"
             body = _json(
                 self._request("POST", path, content=_dumps({"requests": requests}), headers=_JSON_HEADERS)
@@ -768,9 +738,31 @@ def _check_options(
             f"output_dimensionality must be an integer from {MIN_DIMENSIONS} to {MAX_DIMENSIONS} "
             f"(768, 1536 or 3072 recommended), not {output_dimensionality!r}"
         )
+    _check_title(task, title)
+    return task
+
+
+def _check_title(task: TaskType | None, title: str | None) -> None:
     if title and task is not TaskType.RETRIEVAL_DOCUMENT:
         raise InvalidArgumentError("title is only allowed with task_type RETRIEVAL_DOCUMENT")
-    return task
+
+
+def _request_builder(
+    model: str, task_type: str | TaskType | None, output_dimensionality: int | None, title: str | None
+) -> tuple[str, Callable[..., dict[str, Any]]]:
+    """Check the options once; returns the model path and a builder of one request's wire form
+    (`request(text, title=None)`: an item's own title wins over the batch's)."""
+    task = _check_options(task_type, output_dimensionality, title)
+    model_path = _model_path(model)
+
+    def request(text: str, item_title: str | None = None) -> dict[str, Any]:
+        _check_title(task, item_title)
+        return EmbedContentRequest.of_text(
+            text, model=model_path, task_type=task, title=item_title or title,
+            output_dimensionality=output_dimensionality,
+        ).to_wire()
+
+    return model_path, request
 
 
 def _model_path(model: str) -> str:
