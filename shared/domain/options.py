@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 __all__ = [
     "DEFAULT_MODEL",
+    "model_resource",
     "MAX_DIMENSIONS",
     "MAX_INPUT_TOKENS",
     "MIN_DIMENSIONS",
@@ -24,6 +25,11 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "gemini-embedding-001"
+
+
+def model_resource(model: str) -> str:
+    """The API's resource name of a model: `models/NAME`, whether given as `NAME` or already so."""
+    return model if "/" in model else f"models/{model}"
 MIN_DIMENSIONS = 128
 MAX_DIMENSIONS = 3072
 #: gemini-embedding-001 reads at most this many tokens of one input.

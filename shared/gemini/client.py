@@ -26,7 +26,14 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from shared.domain.options import DEFAULT_MODEL, MAX_DIMENSIONS, MIN_DIMENSIONS, OptionError, TaskType
+from shared.domain.options import (
+    DEFAULT_MODEL,
+    MAX_DIMENSIONS,
+    MIN_DIMENSIONS,
+    OptionError,
+    TaskType,
+    model_resource,
+)
 from shared.gemini.errors import (
     AwaitTimeoutError,
     BatchNotCompleteError,
@@ -769,7 +776,7 @@ def _model_path(model: str) -> str:
     if not isinstance(model, str) or not model.strip("/ "):
         raise InvalidArgumentError(f"model must name a model such as {DEFAULT_MODEL!r}, not {model!r}")
     model = model.strip("/ ")
-    return model if "/" in model else f"models/{model}"
+    return model_resource(model)
 
 
 def _resource_name(collection: str, name: str) -> str:

@@ -2,6 +2,8 @@
 
     read_records(stream, name=..., content_type=..., options=..., limits=..., content_encoding=...)
         -> Iterator[Record | InputProblem]
+    read_source(stream, job.source, job.options, settings)
+        the same for a job's source object, with the deployment's limits: how staging reads it
 
 Modules, by responsibility:
     formats     the format of an object, from its name or content type
@@ -17,7 +19,7 @@ Modules, by responsibility:
 from shared.ingest import problems
 from shared.ingest.formats import InputFormat, detect_format
 from shared.ingest.limits import ReadLimits
-from shared.ingest.read import read_records
+from shared.ingest.read import read_records, read_source
 from shared.ingest.tokens import estimate_tokens
 
-__all__ = ["InputFormat", "ReadLimits", "detect_format", "estimate_tokens", "problems", "read_records"]
+__all__ = ["InputFormat", "ReadLimits", "detect_format", "estimate_tokens", "problems", "read_records", "read_source"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from shared.domain.options import JobOptions
 from shared.domain.records import InputProblem, Record
@@ -13,7 +13,22 @@ from shared.ingest.limits import ReadLimits
 from shared.ingest.problems import UNSUPPORTED_TYPE, InputError
 from shared.ingest.readers import read_csv, read_document, read_jsonl
 
-__all__ = ["read_records"]
+if TYPE_CHECKING:
+    from shared.config import Settings
+    from shared.domain.jobs import SourceObject
+
+__all__ = ["read_records", "read_source"]
+
+
+def read_source(
+    stream: BinaryIO, source: SourceObject, options: JobOptions, settings: Settings,
+) -> Iterator[Record | InputProblem]:
+    """The records of a job's source object (its stored bytes in `stream`), read exactly as staging reads
+    them: the same items in the same order, so the same ids. `embedpipe search` relies on that."""
+    limits = ReadLimits(max_record_bytes=settings.max_record_bytes,
+                        max_decompressed_bytes=settings.max_decompressed_bytes)
+    return read_records(stream, name=source.name, content_type=source.content_type, options=options,
+                        limits=limits, content_encoding=source.content_encoding)
 
 
 def read_records(

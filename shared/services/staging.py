@@ -16,11 +16,11 @@ from typing import Any, BinaryIO
 import orjson
 
 from shared.config import Settings
-from shared.domain.jobs import Estimate, InputProblems, Job, Shard, ShardMode
-from shared.domain.options import MAX_INPUT_TOKENS, JobOptions, TaskType
+from shared.domain.jobs import Estimate, InputProblems, Job, Shard
+from shared.domain.options import JobOptions, TaskType, model_resource
 from shared.domain.paths import JobPaths
 from shared.domain.records import InputProblem, Record
-from shared.ingest import ReadLimits, estimate_tokens, read_records
+from shared.ingest import estimate_tokens, read_source
 from shared.services.context import Context
 
 __all__ = ["PROBLEM_SAMPLE_SIZE", "request_line", "stage_input"]
@@ -33,7 +33,7 @@ _HEARTBEAT_SECONDS = 60.0
 def request_line(key: str, record: Record, options: JobOptions) -> bytes:
     """One line of the Batch API's input file for `record`."""
     request: dict[str, Any] = {
-        "model": f"models/{options.model}",
+        "model": model_resource(options.model),  # as the batch's own model is named
         "content": {"parts": [{"text": record.text}]},
         "outputDimensionality": options.output_dimensionality,
     }
@@ -90,10 +90,9 @@ class _ShardWriter:
         self._files.close()
         self._files = None
         index = len(self.shards)
-        inline = self._count <= self._settings.inline_max_requests and self._bytes <= self._settings.inline_max_bytes
         self.shards.append(Shard(
             index=index,
-            mode=ShardMode.INLINE if inline else ShardMode.FILE,
+            mode=self._settings.shard_mode(self._count, self._bytes),
             request_count=self._count,
             request_bytes=self._bytes,
             estimated_tokens=self._tokens,
@@ -153,22 +152,13 @@ def stage_input(ctx: Context, job: Job, heartbeat: Callable[[], None]) -> InputP
     settings = ctx.settings
     options = job.options
     paths = JobPaths.for_source(job.source, settings.output_bucket, settings.output_prefix)
-    limits = ReadLimits(
-        max_record_bytes=settings.max_record_bytes,
-        max_decompressed_bytes=settings.max_decompressed_bytes,
-        max_input_tokens=MAX_INPUT_TOKENS,
-    )
     shards = _ShardWriter(ctx, paths, settings)
     problems = _ProblemLog(ctx, paths.input_errors)
     total = tokens = 0
     last_beat = time.monotonic()
     try:
         with ctx.blobs.open_read(job.source.uri, job.source.generation) as stream:
-            items = read_records(
-                stream, name=job.source.name, content_type=job.source.content_type, options=options,
-                limits=limits, content_encoding=job.source.content_encoding,
-            )
-            for item in items:
+            for item in read_source(stream, job.source, options, settings):
                 if isinstance(item, InputProblem):
                     problems.add(item)
                     continue

@@ -108,6 +108,13 @@ def test_a_refused_create_is_retried_by_the_next_delivery(ctx):
     assert len(ctx.provider.batches) == 1
 
 
+@pytest.mark.parametrize("model", ["gemini-embedding-001", "models/gemini-embedding-001"])
+def test_requests_name_the_model_as_the_api_does_however_it_was_given(ctx, model):
+    result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(1), metadata={"model": model}))
+    [batch] = ctx.provider.batches.values()
+    assert batch["requests"][0]["request"]["model"] == "models/gemini-embedding-001", result
+
+
 def test_shards_by_count_and_file_mode_above_the_inline_limit():
     ctx = make_context(Settings(max_requests_per_batch=3, inline_max_requests=2))
     result = submit_object(ctx, upload(ctx, "incoming/a.jsonl", jsonl(7)))

@@ -198,3 +198,18 @@ def test_many_distinct_ids_in_about_8_bytes_each():
     assert seen._sorted.nbytes <= 8 * 250_000 and len(seen._recent) < 1 << 14
     assert not any(map(seen.add, map(str, range(0, 250_000, 97))))
     assert seen.add("250000")
+
+
+def test_read_source_reads_a_job_source_with_the_deployment_limits():
+    from shared.config import Settings
+    from shared.domain.jobs import SourceObject
+    from shared.ingest import read_source
+
+    huge = json.dumps({"id": "huge", "text": "x" * 5000})
+    data = jsonl('{"id": "a", "text": "x"}', huge, '{"id": "b", "text": "y"}')
+    source = SourceObject(bucket="in", name="in/data.jsonl", generation="1", content_type="application/jsonl")
+    settings = Settings(google_cloud_project="p", max_record_bytes=1000)
+    items = list(read_source(DownloadStream(gz(data)), source, JobOptions(), settings))
+    assert items == read(gz(data), name=source.name, content_type=source.content_type,
+                         limits=ReadLimits(max_record_bytes=1000))
+    assert [r.id for r in records(items)] == ["a", "b"] and codes(items) == [problems.RECORD_TOO_LARGE]
