@@ -22,7 +22,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
-from rich.table import Table
 from typer.core import TyperGroup
 
 try:  # typer 0.20 and later carry their own copy of click
@@ -354,7 +353,7 @@ def search(
     from shared.domain.options import TaskType
     from shared.errors import NotFound
     from shared.gemini import normalize
-    from shared.ingest import ReadLimits, read_records
+    from shared.ingest import read_source
 
     if not query.strip():
         raise errors.BadArgument("the query is empty")
@@ -367,32 +366,20 @@ def search(
             values = gemini.embed_content(query, model=options.model, task_type=TaskType.RETRIEVAL_QUERY,
                                           output_dimensionality=options.output_dimensionality)
         hits = top_k(normalize(values), iter_vectors(job.output.parquet, services.blobs.open_read), k)
-        settings = services.settings
-        limits = ReadLimits(max_record_bytes=settings.max_record_bytes,
-                            max_decompressed_bytes=settings.max_decompressed_bytes)
         try:
             with services.blobs.open_read(job.source.uri, job.source.generation) as stream:
-                records = texts_for([hit.id for hit in hits], read_records(
-                    stream, name=job.source.name, content_type=job.source.content_type, options=options,
-                    limits=limits, content_encoding=job.source.content_encoding))
+                records = texts_for([hit.id for hit in hits],
+                                    read_source(stream, job.source, options, services.settings))
         except NotFound:
             _note(f"note: {job.source.uri}#{job.source.generation} no longer exists: showing ids without passages")
             records = {}
-    hits = [Hit(h.id, h.score, records[h.id].text if h.id in records else None,
-                records[h.id].title if h.id in records else None) for h in hits]
+    found = [(h, records.get(h.id)) for h in hits]
+    hits = [Hit(h.id, h.score, r.text if r else None, r.title if r else None) for h, r in found]
     if as_json:
         _print_json([{"rank": i, "id": h.id, "score": round(h.score, 6), "title": h.title, "text": h.text}
                      for i, h in enumerate(hits, 1)])
         return
-    table = Table(box=None, header_style="bold", pad_edge=False, show_lines=False)
-    table.add_column("#", justify="right")
-    table.add_column("SCORE", justify="right", no_wrap=True)
-    table.add_column("ID", overflow="fold")
-    table.add_column("PASSAGE", overflow="fold")
-    for rank, hit in enumerate(hits, 1):
-        passage = " ".join((hit.text or "(text unavailable)").split())
-        table.add_row(str(rank), f"{hit.score:.4f}", hit.id, passage if len(passage) <= 300 else passage[:299] + "…")
-    _console().print(table)
+    _console().print(render.search_table(hits))
 
 
 # -- events ------------------------------------------------------------------------------------------------

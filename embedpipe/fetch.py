@@ -68,7 +68,7 @@ def _replacing(path: Path) -> Iterator[Path]:
 def fetch_output(embeddings: list[str], parquet: list[str], out: Path, opener: Opener) -> FetchResult:
     """Write the output files as `out` in the format its extension names."""
     kind = output_format(out)
-    if out.parent and not out.parent.exists():
+    if not out.parent.exists():
         raise BadArgument(f"--out {out}: the folder {out.parent} does not exist")
     if kind == ".jsonl":
         return write_jsonl(embeddings, out, opener)
@@ -138,15 +138,18 @@ def _dimensions(files: list[pq.ParquetFile]) -> int:
     return dims.pop()
 
 
+def _batches(files: list[pq.ParquetFile], dims: int) -> Iterator[tuple[list[str], np.ndarray]]:
+    for parquet_file in files:
+        for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, columns=["id", "embedding"]):
+            values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
+            yield batch.column("id").to_pylist(), values.astype(np.float32, copy=False).reshape(-1, dims)
+
+
 def iter_vectors(sources: list[str], opener: Opener) -> Iterator[tuple[list[str], np.ndarray]]:
     """(ids, float32 matrix) per row group batch of the Parquet files, in file order."""
     with contextlib.ExitStack() as stack:
         files = _parquet_files(sources, opener, stack)
-        dims = _dimensions(files) if files else 0
-        for parquet_file in files:
-            for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, columns=["id", "embedding"]):
-                values = batch.column("embedding").flatten().to_numpy(zero_copy_only=False)
-                yield batch.column("id").to_pylist(), values.astype(np.float32, copy=False).reshape(-1, dims)
+        yield from _batches(files, _dimensions(files) if files else 0)
 
 
 def _id_line(item_id: str) -> str:
@@ -154,23 +157,22 @@ def _id_line(item_id: str) -> str:
 
 
 def write_npy(sources: list[str], out: Path, opener: Opener) -> FetchResult:
+    ids_path = ids_path_for(out)
     with contextlib.ExitStack() as stack:
         files = _parquet_files(sources, opener, stack)
         dims = _dimensions(files)
         total = sum(f.metadata.num_rows for f in files)
-    ids_path = ids_path_for(out)
-    with _replacing(out) as matrix_path, _replacing(ids_path) as ids_temporary, ids_temporary.open("w") as ids:
-        matrix = np.lib.format.open_memmap(matrix_path, mode="w+", dtype=np.float32, shape=(total, dims))
-        row = 0
-        for batch_ids, vectors in iter_vectors(sources, opener):
-            if row + len(batch_ids) > total:
+        with _replacing(out) as matrix_path, _replacing(ids_path) as ids_temporary, ids_temporary.open("w") as ids:
+            matrix = np.lib.format.open_memmap(matrix_path, mode="w+", dtype=np.float32, shape=(total, dims))
+            row = 0
+            for batch_ids, vectors in _batches(files, dims):
+                if row + len(batch_ids) > total:
+                    raise CliError("the Parquet files changed while they were read: fetch again")
+                matrix[row:row + len(batch_ids)] = vectors
+                ids.writelines(_id_line(item_id) for item_id in batch_ids)
+                row += len(batch_ids)
+            if row != total:
                 raise CliError("the Parquet files changed while they were read: fetch again")
-            matrix[row:row + len(batch_ids)] = vectors
-            ids.writelines(_id_line(item_id) for item_id in batch_ids)
-            row += len(batch_ids)
-        if row != total:
-            raise CliError("the Parquet files changed while they were read: fetch again")
-        matrix.flush()
-        del matrix
+            matrix.flush()
+            del matrix
     return FetchResult(out, total, dims, ids_path)
-

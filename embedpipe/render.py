@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from shared.domain.jobs import Job, JobState
+
+if TYPE_CHECKING:
+    from embedpipe.search import Hit
 
 __all__ = [
     "STATE_STYLES",
@@ -20,6 +23,7 @@ __all__ = [
     "event_line",
     "jobs_table",
     "percent",
+    "search_table",
     "state_text",
     "status_view",
     "usd",
@@ -86,6 +90,19 @@ def jobs_table(jobs: Iterable[Job], now: datetime | None = None) -> Table:
             job.job_id, state_text(job.state), job.source.name, percent(job.progress_percentage),
             f"{counts.succeeded}/{counts.failed}/{counts.total}", percent(job.success_rate), age(job.created_at, now),
         )
+    return table
+
+
+def search_table(hits: Iterable[Hit]) -> Table:
+    """The hits of `search`, best first: rank, score, id and the passage (on one line, at most 300 characters)."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("SCORE", justify="right", no_wrap=True)
+    table.add_column("ID", overflow="fold")
+    table.add_column("PASSAGE", overflow="fold")
+    for rank, hit in enumerate(hits, 1):
+        passage = " ".join((hit.text or "(text unavailable)").split())
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.id, passage if len(passage) <= 300 else passage[:299] + "…")
     return table
 
 

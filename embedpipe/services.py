@@ -18,7 +18,7 @@ from embedpipe.config import Config
 from embedpipe.errors import CliError, JobNotFound, Refused, Unreachable
 from shared.domain.jobs import Job
 
-__all__ = ["Services", "translate_error"]
+__all__ = ["Services", "first_line", "translate_error"]
 
 _SERVICE_OF = {
     "FIRESTORE_EMULATOR_HOST": "the Firestore emulator",
@@ -106,13 +106,10 @@ class Services:
         return job
 
     def close(self) -> None:
-        for name in ("firestore", "storage"):
+        for name in ("firestore", "storage", "subscriber"):
             client = self.__dict__.get(name)
             if client is not None and hasattr(client, "close"):
                 client.close()
-        subscriber = self.__dict__.get("subscriber")
-        if subscriber is not None:
-            subscriber.close()
 
 
 def translate_error(exc: BaseException) -> CliError | None:
@@ -129,23 +126,23 @@ def translate_error(exc: BaseException) -> CliError | None:
         return Refused("no Google credentials: run `gcloud auth application-default login` (or set "
                        "GOOGLE_APPLICATION_CREDENTIALS); for the local stack run `make up`")
     if isinstance(exc, auth_exc.GoogleAuthError):
-        return Refused(f"Google authentication failed: {_first_line(exc)}")
+        return Refused(f"Google authentication failed: {first_line(exc)}")
     if isinstance(exc, gexc.PermissionDenied | gexc.Forbidden | gexc.Unauthenticated | gexc.Unauthorized):
-        return Refused(f"permission denied: {_first_line(exc)}")
+        return Refused(f"permission denied: {first_line(exc)}")
     if isinstance(exc, gexc.ServiceUnavailable | gexc.DeadlineExceeded | gexc.RetryError | gexc.GatewayTimeout):
-        return Unreachable(f"a Google Cloud service did not answer: {_first_line(exc)}")
+        return Unreachable(f"a Google Cloud service did not answer: {first_line(exc)}")
     if isinstance(exc, gexc.GoogleAPICallError):
-        return CliError(f"{type(exc).__name__}: {_first_line(exc)}")
+        return CliError(f"{type(exc).__name__}: {first_line(exc)}")
     if isinstance(exc, GeminiError):
-        return Unreachable(f"the Gemini API: {_first_line(exc)}")
+        return Unreachable(f"the Gemini API: {first_line(exc)}")
     if isinstance(exc, TransientError):
-        return Unreachable(_first_line(exc))
+        return Unreachable(first_line(exc))
     if isinstance(exc, PipelineError):
-        return CliError(_first_line(exc))
+        return CliError(first_line(exc))
     if _is_httpx_transport_error(exc):
-        return Unreachable(f"cannot reach {_url_of(exc)}: {_first_line(exc) or type(exc).__name__}")
+        return Unreachable(f"cannot reach {_url_of(exc)}: {first_line(exc) or type(exc).__name__}")
     if isinstance(exc, ConnectionError):
-        return Unreachable(f"connection failed: {_first_line(exc)}")
+        return Unreachable(f"connection failed: {first_line(exc)}")
     return None
 
 
@@ -162,6 +159,7 @@ def _url_of(exc: Any) -> str:
         return "the service"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException, limit: int = 500) -> str:
+    """The first line of the exception's message (at most `limit` characters), or its type's name."""
     text = getattr(exc, "message", None) or str(exc)
-    return str(text).strip().splitlines()[0][:500] if str(text).strip() else type(exc).__name__
+    return str(text).strip().splitlines()[0][:limit] if str(text).strip() else type(exc).__name__

@@ -8,7 +8,6 @@ ID token minted elsewhere, e.g. `gcloud auth print-identity-token --impersonate-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -16,16 +15,10 @@ import httpx
 
 from embedpipe.config import Config
 from embedpipe.errors import CliError, JobNotFound, Refused, Unreachable
+from embedpipe.services import first_line
+from shared.services.cancel import CancelResult
 
-__all__ = ["CancelAnswer", "bearer_token", "cancel"]
-
-
-@dataclass(frozen=True)
-class CancelAnswer:
-    job_id: str
-    state: str
-    cancelled: bool
-    message: str
+__all__ = ["bearer_token", "cancel"]
 
 
 def bearer_token(config: Config, audience: str) -> str:
@@ -41,13 +34,13 @@ def bearer_token(config: Config, audience: str) -> str:
         return id_token.fetch_id_token(google.auth.transport.requests.Request(), audience)
     except google.auth.exceptions.GoogleAuthError as exc:
         raise Refused(
-            f"cannot mint an ID token for {audience} ({str(exc).splitlines()[0][:200]}): use service-account or "
+            f"cannot mint an ID token for {audience} ({first_line(exc, 200)}): use service-account or "
             "impersonated ADC (`gcloud auth application-default login --impersonate-service-account=OPERATOR_SA`), "
             "or set STATUS_TOKEN to an ID token of the operator service account"
         ) from None
 
 
-def cancel(config: Config, job_id: str, *, transport: httpx.BaseTransport | None = None) -> CancelAnswer:
+def cancel(config: Config, job_id: str, *, transport: httpx.BaseTransport | None = None) -> CancelResult:
     base = config.require("STATUS_URL", "the status function's URL").rstrip("/")
     token = bearer_token(config, base)
     url = f"{base}/jobs/{quote(job_id, safe='')}:cancel"
@@ -64,7 +57,7 @@ def cancel(config: Config, job_id: str, *, transport: httpx.BaseTransport | None
                       f"{body.get('error', response.reason_phrase)})")
     if response.status_code not in (200, 202):
         raise CliError(f"the status function answered {response.status_code}: {body.get('error', response.text[:200])}")
-    return CancelAnswer(body.get("job_id", job_id), body.get("state", "?"), bool(body.get("cancelled")),
+    return CancelResult(body.get("job_id", job_id), body.get("state", "?"), bool(body.get("cancelled")),
                         body.get("message", ""))
 
 

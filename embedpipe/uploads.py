@@ -48,8 +48,7 @@ def upload_metadata(defaults: JobOptions, **options: object) -> dict[str, str]:
 
     Checked as the pipeline will check them (over `defaults`, the deployment's defaults), so a typo fails
     here instead of as a FAILED job."""
-    metadata = {key: str(value.value if hasattr(value, "value") else value)
-                for key, value in options.items() if value is not None}
+    metadata = {key: str(value) for key, value in options.items() if value is not None}
     try:
         options_from_metadata(metadata, defaults)
     except OptionError as exc:

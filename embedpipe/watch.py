@@ -14,7 +14,7 @@ from embedpipe.errors import (
     CliError,
     JobNotFound,
 )
-from shared.domain.jobs import Job, JobState
+from shared.domain.jobs import TERMINAL_JOB_STATES, Job, JobState
 
 __all__ = ["WatchTimeout", "exit_code_for", "watch_jobs"]
 
@@ -30,8 +30,7 @@ class WatchTimeout(CliError):
 def exit_code_for(states: Iterable[JobState | str]) -> int:
     """0 when every job SUCCEEDED; 1 when any FAILED or was CANCELLED; else 2 (some PARTIALLY_SUCCEEDED)."""
     ended = [JobState(s) for s in states]
-    active = [s for s in ended if s not in (JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED, JobState.FAILED,
-                                            JobState.CANCELLED)]
+    active = [s for s in ended if s not in TERMINAL_JOB_STATES]
     if active:
         raise ValueError(f"jobs still active: {', '.join(active)}")
     if any(s in (JobState.FAILED, JobState.CANCELLED) for s in ended):

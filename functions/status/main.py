@@ -13,6 +13,7 @@ kept in this file because only main.py and shared/ are deployed with the functio
 """
 
 import base64
+import dataclasses
 import hashlib
 
 import flask
@@ -59,8 +60,7 @@ def status(request: flask.Request):
                 result = cancel_job(ctx.for_invocation(), job_id)
             except NotFound:
                 return {"error": f"no job {job_id}"}, 404
-            return {"job_id": result.job_id, "state": result.state, "cancelled": result.cancelled,
-                    "message": result.message}, 202 if not result.cancelled else 200
+            return dataclasses.asdict(result), 202 if not result.cancelled else 200
         if not verb and request.method == "GET":
             job = ctx.jobs.get(job_id)
             if job is None:

@@ -9,6 +9,7 @@ from rich.console import Console
 
 from embedpipe import render
 from embedpipe.errors import JobNotFound
+from embedpipe.search import Hit
 from embedpipe.watch import WatchTimeout, exit_code_for, watch_jobs
 from shared.domain.jobs import (
     Counts,
@@ -56,6 +57,16 @@ def test_jobs_table_has_a_row_per_job_with_progress_counts_and_rate():
     assert header.split()[:3] == ["JOB", "STATE", "SOURCE"]
     assert first.split() == ["job-1", "RUNNING", "incoming/faq.jsonl", "50.0%", "9/1/20", "90.0%", "3m00s"]
     assert second.split()[:2] == ["job-2", "SUCCEEDED"] and "5/0/5" in second
+
+
+def test_search_table_ranks_hits_with_their_passage_on_one_line():
+    hits = [Hit("a", 0.91234, "first\n  passage", "T"), Hit("b", 0.5), Hit("c", 0.25, "y" * 400)]
+    out = text(render.search_table(hits))
+    header, first, second, third = out.splitlines()[:4]
+    assert header.split() == ["#", "SCORE", "ID", "PASSAGE"]
+    assert first.split() == ["1", "0.9123", "a", "first", "passage"]
+    assert second.split() == ["2", "0.5000", "b", "(text", "unavailable)"]
+    assert third.split()[:3] == ["3", "0.2500", "c"] and out.count("y") == 299 and out.count("…") == 1
 
 
 def test_status_view_shows_every_section():
