@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test unit integration lint tools tf-lint run up down status env gemini-emulator bench package deploy smoke clean
+.PHONY: setup test unit integration lint ruff tools checkov tf-lint run up down status env gemini-emulator bench package deploy smoke clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,10 @@ unit: setup
 integration: setup
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)
 
-lint: setup tf-lint
+lint: ruff tf-lint
+
+# cloudbuild.yaml's lint steps run `make ruff` and `make checkov`: the same checks as here.
+ruff: setup
 	$(VENV)/bin/ruff check shared functions infra tests benchmarks tools embedpipe
 
 # -- infrastructure ------------------------------------------------------------------------------------
@@ -48,8 +51,10 @@ $(TOOLS_STAMP):
 	touch $(TOOLS_STAMP)
 
 # terraform fmt + checkov (--skip-download: no call to the checkov vendor's API).
-tf-lint: tools
+tf-lint: checkov
 	terraform fmt -check -recursive infra
+
+checkov: tools
 	$(TOOLS_VENV)/bin/checkov -d infra/terraform --framework terraform --quiet --compact --skip-download
 
 package: setup

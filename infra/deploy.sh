@@ -44,12 +44,14 @@ for tool in "$GCLOUD" "$TERRAFORM"; do
   command -v "$tool" >/dev/null || die "$tool is not installed (see infra/README.md, prerequisites)"
 done
 
+# The -var arguments of every terraform plan and apply (the .tfvars path made absolute: terraform runs in TF_DIR).
+TF_VARS=(-var "project_id=$PROJECT_ID" -var "region=$REGION")
+if [[ -n "${TF_VAR_FILE:-}" ]]; then
+  [[ -f "$TF_VAR_FILE" ]] || die "TF_VAR_FILE $TF_VAR_FILE does not exist"
+  TF_VARS+=(-var-file="$(cd "$(dirname "$TF_VAR_FILE")" && pwd)/$(basename "$TF_VAR_FILE")")
+fi
+
 tf() { "$TERRAFORM" -chdir="$TF_DIR" "$@"; }
-tf_vars() {
-  local args=(-var "project_id=$PROJECT_ID" -var "region=$REGION")
-  if [[ -n "${TF_VAR_FILE:-}" ]]; then args+=(-var-file="$(cd "$(dirname "$TF_VAR_FILE")" && pwd)/$(basename "$TF_VAR_FILE")"); fi
-  printf '%s\n' "${args[@]}"
-}
 tf_out() { tf output -raw "$1"; }
 g() { "$GCLOUD" --project "$PROJECT_ID" --quiet "$@"; }
 
@@ -89,8 +91,7 @@ ensure_secret() {
   local secret_id="${GEMINI_SECRET_ID:-gemini-api-key}"
   if ! g secrets describe "$secret_id" >/dev/null 2>&1; then
     log "creating the secret $secret_id (container only)"
-    mapfile -t vars < <(tf_vars)
-    tf apply -input=false -auto-approve "${vars[@]}" -target=google_secret_manager_secret.gemini_api_key
+    tf apply -input=false -auto-approve "${TF_VARS[@]}" -target=google_secret_manager_secret.gemini_api_key
   fi
   if [[ -z "$(g secrets versions list "$secret_id" --filter='state=ENABLED' --limit=1 --format='value(name)')" ]]; then
     [[ -n "${GEMINI_API_KEY:-}" ]] || die "secret $secret_id has no enabled version. Add the key once:
@@ -102,16 +103,14 @@ or run this script with GEMINI_API_KEY set."
 }
 
 plan() {
-  mapfile -t vars < <(tf_vars)
-  tf plan -input=false "${vars[@]}"
+  tf plan -input=false "${TF_VARS[@]}"
 }
 
 apply() {
-  mapfile -t vars < <(tf_vars)
   local approve=()
   [[ "$AUTO_APPROVE" == "1" ]] && approve=(-auto-approve)
   log "terraform apply"
-  tf apply -input=false "${approve[@]}" "${vars[@]}"
+  tf apply -input=false "${approve[@]}" "${TF_VARS[@]}"
 }
 
 check_urls() {

@@ -131,6 +131,7 @@ def check_body(schema: Schema, block: Block, body: dict, where: str, problems: l
 def check(config_dir: Path, schema_root: Path) -> tuple[list[str], int]:
     problems: list[str] = []
     checked = 0
+    schemas: dict[Path, Schema] = {}  # one per folder: a type is often used by several blocks
     for path in sorted(config_dir.glob("*.tf")):
         with path.open() as handle:
             parsed = hcl2.load(handle)
@@ -141,7 +142,9 @@ def check(config_dir: Path, schema_root: Path) -> tuple[list[str], int]:
                     if not folder.is_dir():
                         problems.append(f"{path.name}: unknown {kind} type {type_name}")
                         continue
-                    schema = Schema(folder)
+                    if folder not in schemas:
+                        schemas[folder] = Schema(folder)
+                    schema = schemas[folder]
                     for name, body in instances.items():
                         checked += 1
                         check_body(schema, schema.top(), body, f"{path.name}: {type_name}.{name}", problems)
