@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata as metadata
-import re
 import shutil
 import sys
 import tomllib
@@ -34,9 +33,11 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 __all__ = [
     "PackagedFunction",
@@ -70,11 +71,6 @@ class PackagedFunction:
     sha256: str
 
 
-def canonical_name(name: str) -> str:
-    """PEP 503 normalisation: `Google_Cloud.Core` -> `google-cloud-core`."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def target_environment(python_version: str = DEFAULT_PYTHON) -> dict[str, str]:
     """Marker environment of the Cloud Functions runtime (Ubuntu, x86_64, CPython), not of this host."""
     env = dict(default_environment())
@@ -91,10 +87,10 @@ def target_environment(python_version: str = DEFAULT_PYTHON) -> dict[str, str]:
     return env
 
 
-def project_dependencies(pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
-    """`[project.dependencies]` only: the optional extras are for development, never for deployment."""
-    data = tomllib.loads(pyproject.read_text())
-    return [Requirement(line) for line in data["project"].get("dependencies", [])]
+def project_dependencies(project: Mapping[str, Any]) -> list[Requirement]:
+    """`[project.dependencies]` of pyproject.toml's `[project]` table only: the optional extras are for
+    development, never for deployment."""
+    return [Requirement(line) for line in project.get("dependencies", [])]
 
 
 def _applies(requirement: Requirement, extras: Iterable[str], env: Mapping[str, str]) -> bool:
@@ -118,7 +114,7 @@ def runtime_closure(
     pending: list[tuple[Requirement, str]] = [(r, "pyproject.toml") for r in roots if _applies(r, (), env)]
     while pending:
         requirement, wanted_by = pending.pop()
-        name = canonical_name(requirement.name)
+        name = canonicalize_name(requirement.name)
         try:
             dist = found.get(name) or metadata.distribution(requirement.name)
         except metadata.PackageNotFoundError:
@@ -143,9 +139,10 @@ def runtime_closure(
 
 def pinned_requirements(python_version: str = DEFAULT_PYTHON, pyproject: Path = ROOT / "pyproject.toml") -> str:
     """requirements.txt text: one `name==version` line per distribution of the runtime closure, sorted."""
-    closure = runtime_closure(project_dependencies(pyproject), target_environment(python_version))
-    project = canonical_name(tomllib.loads(pyproject.read_text())["project"]["name"])
-    pins = {name: dist.version for name, dist in closure.items() if name != project}
+    project = tomllib.loads(pyproject.read_text())["project"]
+    closure = runtime_closure(project_dependencies(project), target_environment(python_version))
+    own = canonicalize_name(project["name"])
+    pins = {name: dist.version for name, dist in closure.items() if name != own}
     return "".join(f"{name}=={pins[name]}\n" for name in sorted(pins))
 
 

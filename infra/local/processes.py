@@ -88,19 +88,23 @@ def answers(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def _stat_fields(path: Path) -> list[str] | None:
+    """The fields of a `/proc/PID/stat` from the state (field 3) on, or None if it cannot be read."""
+    try:
+        stat = path.read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after its closing one.
+    return stat[stat.rindex(")") + 2 :].split()
+
 
 def process_start_time(pid: int) -> int | None:
     """The start time of `pid` in clock ticks since boot (Linux), or None if there is no such process.
 
     Recorded next to a pid so a later `down` never signals a process that merely reuses the number.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name (field 2) may contain spaces and parentheses: split after its closing one.
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19])
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return None if fields is None else int(fields[19])
 
 
 def group_alive(pgid: int) -> bool:
@@ -125,12 +129,8 @@ def _live_group_members(pgid: int) -> list[int] | None:
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+        fields = _stat_fields(entry / "stat")
+        if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
             members.append(int(entry.name))
     return members
 

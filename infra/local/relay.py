@@ -355,11 +355,8 @@ class Relay:
         """Stop pulling; messages waiting for a retry are nacked now, so the next relay gets them at once."""
         self._stopping.set()
         with self._stats.lock:
-            waiting = list(self._waiting.items())
-            self._waiting.clear()
-            self._stats.waiting_retry = 0
-        for timer, message in waiting:
-            timer.cancel()
+            waiting = self._take_waiting()
+        for message in waiting:
             message.nack()
         for future in self._futures:
             future.cancel()
@@ -391,15 +388,22 @@ class Relay:
         the state; deliveries already in flight finish (wait for `in_flight` to reach 0)."""
         with self._stats.lock:
             self._cutoff = datetime.now(UTC)
-            waiting = list(self._waiting.items())
-            self._waiting.clear()
-            self._stats.waiting_retry = 0
+            waiting = self._take_waiting()
             self._stats.drained += len(waiting)
             self._attempts.clear()
-        for timer, message in waiting:
-            timer.cancel()
+        for message in waiting:
             message.ack()
         return self.state()
+
+    def _take_waiting(self) -> list[Any]:
+        """The messages waiting for a retry, their timers cancelled: the caller acks or nacks them.
+        Call with the stats lock held."""
+        waiting = list(self._waiting.items())
+        self._waiting.clear()
+        self._stats.waiting_retry = 0
+        for timer, _ in waiting:
+            timer.cancel()
+        return [message for _, message in waiting]
 
     def _deliver(self, route: Route, message: Any) -> None:
         """The subscriber's callback: every message ends acked, or nacked (now or after a backoff)."""

@@ -65,7 +65,6 @@ __all__ = [
     "format_env_file",
     "locate_tools",
     "main",
-    "parse_env_file",
     "stop_orphaned",
     "stop_recorded",
 ]
@@ -104,6 +103,7 @@ ENV_KEYS = (
     "EVENTS_TOPIC", "COMPLETE_TOPIC", "GCS_NOTIFICATION_TOPIC", "POLLER_TOKEN", "LOG_LEVEL",
 )
 RELAY_SUBSCRIPTION_SUFFIX = "-relay"
+RELAY_TOPIC_KEYS = ("GCS_NOTIFICATION_TOPIC", "COMPLETE_TOPIC")  # the topics the relay subscribes to
 READY_TIMEOUT = {"firestore": 60.0, "pubsub": 60.0, "gemini": 180.0}  # others: 60 s
 STOP_TIMEOUT_SECONDS = 10.0
 RESET_IDLE_TIMEOUT_SECONDS = 60.0
@@ -250,25 +250,14 @@ _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def format_env_file(env: Mapping[str, str], header: str = "") -> str:
-    """`KEY=VALUE` lines, values shell-quoted where needed: `set -a; . FILE` exports them as given."""
+    """`KEY=VALUE` lines, values shell-quoted where needed: `set -a; . FILE` exports them as given
+    (`embedpipe.config.parse_env_file` reads them back)."""
     lines = [f"# {line}" for line in header.splitlines()]
     for key, value in env.items():
         if not _ENV_KEY.match(key):
             raise ValueError(f"not a shell variable name: {key!r}")
         lines.append(f"{key}={shlex.quote(str(value))}")
     return "\n".join(lines) + "\n"
-
-
-def parse_env_file(text: str) -> dict[str, str]:
-    """The inverse of `format_env_file` (comments and blank lines skipped)."""
-    env = {}
-    for line in text.splitlines():
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        key, _, raw = line.partition("=")
-        values = shlex.split(raw)
-        env[key] = values[0] if values else ""
-    return env
 
 
 # -- the stack ------------------------------------------------------------------------------------------
@@ -330,9 +319,10 @@ class LocalStack:
             raise StackError(f"unknown components {sorted(unknown)}; known: {', '.join(COMPONENTS)}")
         self.skipped: dict[str, str] = {}
         for name in FUNCTIONS:
-            if name in wanted and not self._function_source(name).is_file():
+            source = self._function_source(name)
+            if name in wanted and not source.is_file():
                 wanted.discard(name)
-                self.skipped[name] = f"{self._function_source(name).relative_to(self.root)} does not exist"
+                self.skipped[name] = f"{source.relative_to(self.root)} does not exist"
         if "gemini" in wanted and not (self.root / "infra" / "local" / "gemini_emulator" / "__main__.py").is_file():
             wanted.discard("gemini")
             self.skipped["gemini"] = "infra/local/gemini_emulator/__main__.py does not exist"
@@ -699,10 +689,10 @@ class LocalStack:
 
         publisher, subscriber = self.publisher_client(), self.subscriber_client()
         try:
-            for key in ("GCS_NOTIFICATION_TOPIC", "COMPLETE_TOPIC", "EVENTS_TOPIC"):
+            for key in (*RELAY_TOPIC_KEYS, "EVENTS_TOPIC"):
                 with contextlib.suppress(AlreadyExists):
                     publisher.create_topic(name=self.topic_path(key))
-            for key in ("GCS_NOTIFICATION_TOPIC", "COMPLETE_TOPIC"):
+            for key in RELAY_TOPIC_KEYS:
                 with contextlib.suppress(AlreadyExists):
                     subscriber.create_subscription(name=self.relay_subscription(key), topic=self.topic_path(key),
                                                    ack_deadline_seconds=60)
@@ -721,7 +711,7 @@ class LocalStack:
     def _seek_relay_subscriptions(self) -> None:
         subscriber = self.subscriber_client()
         try:
-            for key in ("GCS_NOTIFICATION_TOPIC", "COMPLETE_TOPIC"):
+            for key in RELAY_TOPIC_KEYS:
                 subscriber.seek(request={"subscription": self.relay_subscription(key), "time": datetime.now(UTC)})
         finally:
             subscriber.close()

@@ -24,8 +24,9 @@ import pytest
 from cloudevents.http import from_http
 from google.cloud import firestore, pubsub_v1, storage
 
+from embedpipe.config import parse_env_file
 from infra.local.processes import ManagedProcess, answers, free_port, group_alive, wait_until
-from infra.local.stack import ENV_KEYS, FUNCTIONS, AlreadyRunning, LocalStack, parse_env_file, stop_orphaned
+from infra.local.stack import ENV_KEYS, FUNCTIONS, AlreadyRunning, LocalStack, stop_orphaned
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from infra import package
 
@@ -95,7 +96,7 @@ def test_requirements_cover_the_project_dependencies(pins):
     pinned = {line.split("==")[0] for line in pins}
     roots = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     for root in roots:
-        assert package.canonical_name(Requirement(root).name) in pinned, root
+        assert canonicalize_name(Requirement(root).name) in pinned, root
     # grpcio comes only through `google-api-core[grpc]`: extras of dependencies are followed.
     assert "grpcio" in pinned
 
@@ -109,12 +110,12 @@ def test_no_development_extra_leaks(pins):
 def test_every_pin_is_reachable_from_the_project_dependencies(pins):
     """Nothing in requirements.txt is there by accident: each pin is a root or needed by another pin."""
     pinned = {line.split("==")[0] for line in pins}
-    roots = {package.canonical_name(Requirement(r).name)
+    roots = {canonicalize_name(Requirement(r).name)
              for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
     needed = set(roots)
     for name in pinned:
         for line in metadata.distribution(name).requires or []:
-            needed.add(package.canonical_name(Requirement(line).name))
+            needed.add(canonicalize_name(Requirement(line).name))
     assert pinned <= needed
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from embedpipe.config import parse_env_file
 from infra.local import stack as stack_module
 from infra.local.stack import (
     ENV_KEYS,
@@ -18,7 +19,6 @@ from infra.local.stack import (
     StackError,
     format_env_file,
     locate_tools,
-    parse_env_file,
 )
 
 # -- the env file ------------------------------------------------------------------------------------------

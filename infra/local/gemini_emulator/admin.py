@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .embedder import TARGET_DIMS
 from .emulator import Emulator
 from .faults import FaultPlanError
 from .web import error_response, json_response, read_body
@@ -29,7 +30,7 @@ def admin_routes(emu: Emulator) -> list[Route]:
             "status": "ok" if embedder.error is None else "error",
             "model": embedder.name or emu.intended_model,
             "ready": embedder.ready,
-            "dimensions": 3072,
+            "dimensions": TARGET_DIMS,
         }
         if embedder.model_dimensions:
             body["encoderDimensions"] = embedder.model_dimensions

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -26,7 +26,6 @@ from starlette.routing import Route
 from .admin import admin_routes
 from .config import EmulatorSettings
 from .emulator import Emulator
-from .encoder import TextEncoder
 from .schema import EMPTY_CONTENT_MESSAGE, EmbedItem, check_model, parse_create, parse_embed_request
 from .store import MAX_FILE_BYTES, Batch
 from .uploads import upload_routes
@@ -40,14 +39,10 @@ log = logging.getLogger("gemini_emulator")
 MAX_EMBED_BATCH = 100
 
 
-def create_app(
-    settings: EmulatorSettings | None = None,
-    encoder_factory: Callable[[], TextEncoder] | None = None,
-    emit_defaults: bool | None = None,
-) -> Starlette:
+def create_app(settings: EmulatorSettings | None = None) -> Starlette:
     """The ASGI app; its `state.emulator` holds the parts. Workers start with the app's lifespan."""
     settings = settings or EmulatorSettings.from_env()
-    emu = Emulator(settings, encoder_factory, emit_defaults)
+    emu = Emulator(settings)
     strict = settings.strict
 
     # -- models ------------------------------------------------------------------------------
@@ -106,16 +101,10 @@ def create_app(
 
     async def _vectors(items: list[EmbedItem]) -> list[np.ndarray]:
         def run() -> list[np.ndarray]:
-            cost = emu.embedder.lengths([item.text for item in items])
-            order = sorted(range(len(items)), key=cost.__getitem__)
             out: list[np.ndarray] = [np.empty(0)] * len(items)
-            step = settings.model_batch_size
-            for start in range(0, len(order), step):
-                chunk = order[start : start + step]
-                widest = max(items[i].dims for i in chunk)
-                vectors = emu.embedder.embed([items[i].text for i in chunk], widest)
+            for chunk, vectors in emu.embedder.embed_items(items, settings.model_batch_size):
                 for i, vector in zip(chunk, vectors, strict=True):
-                    out[i] = vector[: items[i].dims]
+                    out[i] = vector
             return out
 
         return await anyio.to_thread.run_sync(run)

@@ -12,17 +12,18 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .encoder import TextEncoder
 from .lift import DimensionLift
+from .schema import MAX_DIMS as TARGET_DIMS  # gemini-embedding-001's dimensions
+from .schema import EmbedItem
 from .wire import ApiError
 
 __all__ = ["Embedder", "TARGET_DIMS"]
 
-TARGET_DIMS = 3072
 log = logging.getLogger("gemini_emulator")
 
 
@@ -128,6 +129,27 @@ class Embedder:
         vectors = self.model_vectors(texts)
         assert self._lift is not None
         return self._lift(vectors, dims)
+
+    def embed_items(
+        self, items: Sequence[EmbedItem], batch_size: int, before: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+        """Embed `items` in model batches of up to `batch_size`, shortest first (less padding): yields, per
+        batch, the items' positions in `items` and their vectors, each cut to its item's `dims`. Lazy: a
+        batch is embedded when asked for, after `before(its size)` (which may raise to stop)."""
+        if not items:
+            return
+        cost = self.lengths([item.text for item in items])
+        order = sorted(range(len(items)), key=cost.__getitem__)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            if before is not None:
+                before(len(chunk))
+            widest = max(items[i].dims for i in chunk)
+            vectors = self.embed([items[i].text for i in chunk], widest)
+            yield chunk, [
+                vector if items[i].dims == widest else np.ascontiguousarray(vector[: items[i].dims])
+                for i, vector in zip(chunk, vectors, strict=True)
+            ]
 
     def lengths(self, texts: Sequence[str]) -> list[int]:
         """The encoder's batching cost of each text (tokens for the ONNX model)."""

@@ -73,21 +73,14 @@ def _default_encoder_factory(settings: EmulatorSettings) -> Callable[[], TextEnc
 class Emulator:
     """The emulator's parts, wired: store, faults, embedder, engine, stats."""
 
-    def __init__(
-        self,
-        settings: EmulatorSettings,
-        encoder_factory: Callable[[], TextEncoder] | None = None,
-        emit_defaults: bool | None = None,
-    ) -> None:
+    def __init__(self, settings: EmulatorSettings) -> None:
         self.settings = settings
         self._own_dir = settings.data_dir is None
         self.data_dir = Path(settings.data_dir or tempfile.mkdtemp(prefix="gemini-emulator-"))
-        self.store = Store(
-            self.data_dir, emit_defaults=settings.emit_defaults if emit_defaults is None else emit_defaults
-        )
+        self.store = Store(self.data_dir, emit_defaults=settings.emit_defaults)
         self.faults = Faults(settings.faults_json)
         self.embedder = Embedder(
-            encoder_factory or _default_encoder_factory(settings), settings.cache_entries
+            _default_encoder_factory(settings), settings.cache_entries
         )
         self.engine = Engine(
             self.store,
@@ -100,9 +93,7 @@ class Emulator:
             strict=settings.strict,
         )
         self.stats = Stats()
-        self.intended_model = (
-            "all-MiniLM-L6-v2-onnx-int8" if settings.encoder == "onnx" else "sentence-transformers"
-        )
+        self.intended_model = OnnxMiniLMEncoder.name if settings.encoder == "onnx" else "sentence-transformers"
 
     def start(self) -> None:
         self.engine.start()

@@ -128,15 +128,14 @@ class OnnxMiniLMEncoder(TextEncoder):
         tokenizer_path: str | None = None,
         max_tokens: int = 256,
         threads: int = 0,
-        verify: bool = True,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         model, tokenizer = locate_onnx_assets(model_path, tokenizer_path)
-        if verify and not model_path and _sha256(model) != MODEL_SHA256:
+        if not model_path and _sha256(model) != MODEL_SHA256:
             raise AssetError(f"{model} is not the pinned model (sha256 {MODEL_SHA256})")
-        if verify and not tokenizer_path and _sha256(tokenizer) != TOKENIZER_SHA256:
+        if not tokenizer_path and _sha256(tokenizer) != TOKENIZER_SHA256:
             raise AssetError(f"{tokenizer} is not the pinned tokenizer (sha256 {TOKENIZER_SHA256})")
         self.model_path, self.tokenizer_path = model, tokenizer
         self._tokenizer = Tokenizer.from_file(str(tokenizer))

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .embedder import Embedder
 from .faults import Faults
 from .schema import EMPTY_CONTENT_MESSAGE, EmbedItem, parse_file_line
@@ -187,23 +185,17 @@ class Engine:
             else:
                 todo.append(i)
         self._count(batch, failed=len(work) - len(todo))
-        items: dict[int, EmbedItem] = {i: work[i][0] for i in todo}  # type: ignore[misc]
-        if todo:
-            cost = dict(zip(todo, self.embedder.lengths([items[i].text for i in todo]), strict=True))
-            todo.sort(key=cost.__getitem__)
-        for start in range(0, len(todo), self.model_batch_size):
-            chunk = todo[start : start + self.model_batch_size]
+
+        def before(count: int) -> None:  # each model batch: stop if told to, then the injected slowness
             self._check(batch)
-            delay = self.faults.seconds_per_item * len(chunk)
+            delay = self.faults.seconds_per_item * count
             if delay and batch.stop.wait(delay):
                 raise _Stopped
-            widest = max(items[i].dims for i in chunk)
-            vectors = self.embedder.embed([items[i].text for i in chunk], widest)
-            for i, vector in zip(chunk, vectors, strict=True):
-                dims = items[i].dims
-                results[i] = ItemResult(
-                    vector=vector if dims == widest else np.ascontiguousarray(vector[:dims])
-                )
+
+        items: list[EmbedItem] = [work[i][0] for i in todo]  # type: ignore[misc]
+        for chunk, vectors in self.embedder.embed_items(items, self.model_batch_size, before):
+            for position, vector in zip(chunk, vectors, strict=True):
+                results[todo[position]] = ItemResult(vector=vector)
             self._count(batch, ok=len(chunk))
         self._check(batch)
         return results  # type: ignore[return-value]

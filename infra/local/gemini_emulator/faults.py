@@ -101,6 +101,17 @@ def _flag(plan: Mapping[str, Any], key: str) -> bool:
     return value
 
 
+def _object(plan: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    """`plan[key]`, which must be an object with no keys but `allowed`."""
+    spec = plan[key]
+    if not isinstance(spec, Mapping):
+        raise FaultPlanError(f"{key} must be an object {{{', '.join(allowed)}}}")
+    extra = set(spec) - set(allowed)
+    if extra:
+        raise FaultPlanError(f"{key} has unknown keys {sorted(extra)}")
+    return spec
+
+
 def _validate(plan: Any) -> dict[str, Any]:
     if not isinstance(plan, Mapping):
         raise FaultPlanError(f"a fault plan is a JSON object, got {type(plan).__name__}")
@@ -109,23 +120,13 @@ def _validate(plan: Any) -> dict[str, Any]:
         raise FaultPlanError(f"unknown fault keys {unknown}; known: {sorted(KNOWN_KEYS)}")
     out: dict[str, Any] = {}
     if "create_429" in plan:
-        spec = plan["create_429"]
-        if not isinstance(spec, Mapping):
-            raise FaultPlanError("create_429 must be an object {count, retry_after_seconds}")
-        extra = set(spec) - {"count", "retry_after_seconds"}
-        if extra:
-            raise FaultPlanError(f"create_429 has unknown keys {sorted(extra)}")
+        spec = _object(plan, "create_429", ("count", "retry_after_seconds"))
         retry = spec.get("retry_after_seconds", 1)
         if isinstance(retry, bool) or not isinstance(retry, (int, float)) or retry < 0:
             raise FaultPlanError(f"create_429.retry_after_seconds must be a number >= 0, got {retry!r}")
         out["create_429"] = {"count": _int(spec, "count", "create_429"), "retry_after_seconds": retry}
     if "http_5xx" in plan:
-        spec = plan["http_5xx"]
-        if not isinstance(spec, Mapping):
-            raise FaultPlanError("http_5xx must be an object {count, status, path_contains}")
-        extra = set(spec) - {"count", "status", "path_contains"}
-        if extra:
-            raise FaultPlanError(f"http_5xx has unknown keys {sorted(extra)}")
+        spec = _object(plan, "http_5xx", ("count", "status", "path_contains"))
         status = _int(spec, "status", "http_5xx", default=503, minimum=500)
         if status > 599:
             raise FaultPlanError(f"http_5xx.status must be 500..599, got {status}")

@@ -47,6 +47,11 @@ _FILE_FIELDS = {
 _FILE_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
+def _status_headers(session: UploadSession, status: str = "active") -> dict[str, str]:
+    """A session's X-Goog-Upload-Status and the bytes it has received so far."""
+    return {"X-Goog-Upload-Status": status, "X-Goog-Upload-Size-Received": str(session.received)}
+
+
 def upload_routes(emu: Emulator) -> list[Route]:
     """`POST /upload/{version}/files`: a session start (key needed), a session request (no key), or raw."""
 
@@ -170,8 +175,7 @@ def upload_routes(emu: Emulator) -> list[Route]:
         )
         log.info("%s uploaded: %d bytes", record.name, record.size_bytes)
         return json_response(
-            {"file": record.resource(base_url(request), version)},
-            headers={"X-Goog-Upload-Status": "final", "X-Goog-Upload-Size-Received": str(session.received)},
+            {"file": record.resource(base_url(request), version)}, headers=_status_headers(session, "final")
         )
 
     async def upload_session(request: Request, token: str) -> Response:
@@ -198,14 +202,11 @@ def upload_routes(emu: Emulator) -> list[Route]:
                 for c in request.headers.get("x-goog-upload-command", "").split(",")
                 if c.strip()
             }
-            status_headers = {
-                "X-Goog-Upload-Status": "active",
-                "X-Goog-Upload-Size-Received": str(session.received),
-            }
+            status_headers = _status_headers(session)
             if commands == {"query"}:
                 return Response(b"", headers=status_headers)
             if commands == {"cancel"}:
-                _drop_session(token, session)
+                _end_session(session, discard=True)
                 return Response(b"", headers={"X-Goog-Upload-Status": "cancelled"})
             if not commands or not commands <= {"upload", "finalize"}:
                 raise ApiError(
@@ -230,34 +231,29 @@ def upload_routes(emu: Emulator) -> list[Route]:
                 try:
                     await _stream_to(session, request)
                 except ApiError:
-                    _drop_session(token, session)
+                    _end_session(session, discard=True)
                     raise
             if "finalize" in commands:
                 try:
                     response = _finalize(session, request, version)
                 except ApiError:
-                    _drop_session(token, session)
+                    _end_session(session, discard=True)
                     raise
-                with emu.store.lock:
-                    session.finished = True
-                    emu.store.uploads.pop(token, None)
+                _end_session(session)
                 return response
-            return Response(
-                b"",
-                headers={
-                    "X-Goog-Upload-Status": "active",
-                    "X-Goog-Upload-Size-Received": str(session.received),
-                },
-            )
+            return Response(b"", headers=_status_headers(session))
         finally:
             session.busy = False
 
-    def _drop_session(token: str, session: UploadSession) -> None:
+    def _end_session(session: UploadSession, *, discard: bool = False) -> None:
+        """No request reaches `session` any more; `discard` also deletes the bytes it received. (A raw
+        upload's session was never registered: its token "raw" is no session URL's.)"""
         with emu.store.lock:
             session.finished = True
-            emu.store.uploads.pop(token, None)
-        with contextlib.suppress(FileNotFoundError):
-            session.path.unlink()
+            emu.store.uploads.pop(session.token, None)
+        if discard:
+            with contextlib.suppress(FileNotFoundError):
+                session.path.unlink()
 
     async def upload_raw(request: Request, version: str) -> Response:
         mime = request.headers.get("x-goog-upload-header-content-type") or request.headers.get(
@@ -280,8 +276,7 @@ def upload_routes(emu: Emulator) -> list[Route]:
                 raise ApiError(400, "The Files API takes at most 2 GB.")
             return _finalize(session, request, version)
         except ApiError:
-            with contextlib.suppress(FileNotFoundError):
-                session.path.unlink()
+            _end_session(session, discard=True)
             raise
 
     # -- admin -----------------------------------------------------------------------------------
