@@ -2,18 +2,19 @@
 
     PipelineError
      +-- TransientError      a retry can fix it: provider 429/5xx/timeouts, a lease held elsewhere,
-     |                       a store that is briefly unavailable. Functions raise it (redelivery).
+     |    |                  a store that is briefly unavailable. Functions raise it (redelivery).
+     |    +-- CapacityExhausted   the provider refused a create or upload for a quota; nothing was made
      +-- PermanentError      a retry cannot fix it. Functions record it on the job and return.
           +-- InputError     the user's file or options are wrong (the message says how)
           +-- NotFound       a job, batch or object that does not exist
 
-The Gemini client's errors (`shared.gemini.errors`) subclass TransientError and PermanentError, so the
-use cases catch one tree. Messages never include credentials.
+Each adapter maps its vendor's errors into this tree in one place, for every method (the Gemini client
+keeps a tree of its own; `shared.adapters.gemini_provider` maps it). Messages never include credentials.
 """
 
 from __future__ import annotations
 
-__all__ = ["InputError", "NotFound", "PermanentError", "PipelineError", "TransientError"]
+__all__ = ["CapacityExhausted", "InputError", "NotFound", "PermanentError", "PipelineError", "TransientError"]
 
 
 class PipelineError(Exception):
@@ -30,6 +31,13 @@ class PipelineError(Exception):
 
 class TransientError(PipelineError):
     code = "UNAVAILABLE"
+
+
+class CapacityExhausted(TransientError):
+    """A quota of the provider is used up (HTTP 429 RESOURCE_EXHAUSTED at create or upload): wait for
+    capacity to free. Not a failure of the job, and not worth an immediate retry."""
+
+    code = "RESOURCE_EXHAUSTED"
 
 
 class PermanentError(PipelineError):

@@ -34,6 +34,11 @@ class EventOutput(BaseModel):
     embeddings: list[str]
     parquet: list[str] = []
     errors: str | None = None
+    files_truncated: bool | None = None  # more files than an event lists: the manifest lists them all
+
+
+#: Files an event lists at most (a job of many shards would outgrow a Pub/Sub message otherwise).
+EVENT_MAX_FILES = 1000
 
 
 class EventCounts(BaseModel):
@@ -41,6 +46,7 @@ class EventCounts(BaseModel):
     succeeded: int
     failed: int
     input_problems: int = 0
+    reused: int = 0
 
 
 class EventError(BaseModel):
@@ -61,6 +67,8 @@ class CompletionEvent(BaseModel):
     model: str | None = None
     dimensions: int | None = None
     task_type: str | None = None
+    provider: str | None = None
+    waited_seconds: float | None = None  # from staging done (or the first shard staged) to the first capacity
     error: EventError | None = None
     input_errors: str | None = None  # input-errors.jsonl, when records could not be read (even with no output)
     completed_at: datetime
@@ -80,15 +88,18 @@ class CompletionEvent(BaseModel):
         }
 
 
-def completion_event_for(job: Job, low_success_threshold: float) -> CompletionEvent:
-    """The event announcing `job`'s end. The job must be terminal and carry its `event_id`."""
+def completion_event_for(job: Job, low_success_threshold: float, embeddings: list[str] = (),
+                         parquet: list[str] = ()) -> CompletionEvent:
+    """The event announcing `job`'s end, listing its output files (the caller reads them from its shards).
+    The job must be terminal and carry its `event_id`."""
     if not job.terminal or job.event_id is None:
         raise ValueError(f"job {job.job_id} is {job.state}: only an ended job has a completion event")
     output = None
     if job.output and job.output.manifest:
+        truncated = len(embeddings) > EVENT_MAX_FILES
         output = EventOutput(
-            manifest=job.output.manifest, embeddings=job.output.embeddings,
-            parquet=job.output.parquet, errors=job.output.errors,
+            manifest=job.output.manifest, embeddings=list(embeddings[:EVENT_MAX_FILES]),
+            parquet=list(parquet[:EVENT_MAX_FILES]), errors=job.output.errors, files_truncated=truncated or None,
         )
     options = job.options
     low = (
@@ -103,17 +114,27 @@ def completion_event_for(job: Job, low_success_threshold: float) -> CompletionEv
         output=output,
         counts=EventCounts(
             total=job.counts.total, succeeded=job.counts.succeeded,
-            failed=job.counts.failed, input_problems=job.counts.input_problems,
+            failed=job.counts.failed, input_problems=job.counts.input_problems, reused=job.counts.reused,
         ),
         success_rate=job.success_rate,
         low_success_rate=low,
         model=options.model if options else None,
         dimensions=options.output_dimensionality if options else None,
-        task_type=options.task_type.value if options else None,
+        task_type=options.task_type if options else None,
+        provider=options.provider if options else None,
+        waited_seconds=waited_seconds(job),
         error=EventError(code=job.error.code, message=job.error.message) if job.error else None,
         input_errors=job.input_problems.uri,
         completed_at=job.completed_at or job.updated_at,
     )
+
+
+def waited_seconds(job: Job) -> float | None:
+    """How long the job waited for capacity: from when it was staged to its first admission."""
+    if job.first_admitted_at is None:
+        return None
+    ready = job.created_at
+    return round(max((job.first_admitted_at - ready).total_seconds(), 0.0), 3)
 
 
 def _cap_utf8(text: str, limit: int) -> str:

@@ -1,24 +1,36 @@
-"""Jobs, their shards, and the one table of states and transitions.
+"""Jobs and their shards: two kinds of documents, each with one table of states and transitions.
 
-A job is one landed object (bucket, name, generation). Its records are cut into shards; each shard is
-one provider batch at a time (a retried shard gets a new batch, a follow-up shard carries the items that
-failed in an earlier one). The job document in the repository is the single source of truth that every
-function reads and writes under a lease.
+A job is one landed object (bucket, name, generation). Its records are staged into shards; each shard is
+one provider batch at a time (a retried shard gets a new batch; a follow-up shard carries the items that
+failed in an earlier one; a split shard is replaced by two halves). Shards are documents of their own, so a
+job's document stays small whatever its size, and shards move independently: admitted when capacity frees,
+polled, written in parallel.
 
 Job states::
 
     SUBMITTING --> RUNNING --> COMPLETING --> SUCCEEDED | PARTIALLY_SUCCEEDED | FAILED
-        |             |  ^          |
-        |             |  +----------+  (failed items resubmitted as a follow-up shard)
+        |             |             |
         +-------------+-------------+--> FAILED | CANCELLED
+
+SUBMITTING: the input is being staged (its shards may already run). RUNNING: staged, shards open.
+COMPLETING: every shard is final; the job's files and event are being written.
 
 Shard states::
 
     STAGED --> CREATING --> PENDING --> RUNNING --> SUCCEEDED --> WRITTEN
-                  ^            |           |
-                  |            +-----------+--> FAILED | EXPIRED | CANCELLED
-                  +-------------------------------+   (retried while attempts remain,
-                                                        else ABANDONED: its items count as failed)
+      ^  |        |  |         |           |
+      |  |        |  +---------+-----------+--> FAILED | EXPIRED | CANCELLED --> STAGED (retry) | ABANDONED
+      |  |        +--> STAGED (no capacity: the create was refused, or was never made)
+      |  +--> SPLIT (too large for the provider's real cap: replaced by two smaller shards)
+      +------ any open state --> ABANDONED (no attempts left, deadline, cancel: its items count as failed)
+
+WRITTEN, ABANDONED and SPLIT are final. Every item of a job is accounted for exactly once: embedded in a
+WRITTEN shard, failed in a final shard (listed in errors.jsonl), carried by a follow-up or split child, or
+an input problem.
+
+Counters on the job (`shard_count`, `open_shards`, `counts.succeeded`, `counts.failed`) change only inside
+a transaction that also moves the shard concerned (`Job.allocate_shard`, `Job.close_shard`), so they are
+exact under any interleaving of workers.
 """
 
 from __future__ import annotations
@@ -26,28 +38,58 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from shared.domain.options import JobOptions
 
 __all__ = [
     "ACTIVE_JOB_STATES",
+    "COUNTER_FIELDS",
+    "FINAL_SHARD_STATES",
+    "JOB_TRANSITIONS",
+    "SHARD_HOLDS_TOKENS",
+    "SHARD_IN_FLIGHT",
+    "SHARD_PROVIDER_ENDED",
+    "SHARD_TRANSITIONS",
     "TERMINAL_JOB_STATES",
     "Counts",
     "ErrorInfo",
     "FileRef",
+    "InputProblems",
     "InvalidTransition",
     "Job",
+    "JobOutput",
     "JobState",
     "Shard",
-    "ShardMode",
+    "ShardOrigin",
     "ShardOutput",
     "ShardState",
     "SourceObject",
+    "Staging",
+    "bounded",
     "job_id_for",
 ]
+
+#: Longest user-derived string kept on a document (messages, ids in samples); longer ones are cut.
+MAX_MESSAGE_CHARS = 1000
+MAX_SAMPLE_CHARS = 300
+MAX_SOURCE_METADATA_BYTES = 8192  # Cloud Storage's own limit on an object's custom metadata
+
+
+def bounded(text: str | None, limit: int = MAX_MESSAGE_CHARS) -> str | None:
+    """`text` cut to `limit` characters (marked with an ellipsis), so no user string grows a document."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
+class InvalidTransition(RuntimeError):
+    """A state change the state table does not allow: a bug, never an input problem."""
+
+
+# -- jobs -----------------------------------------------------------------------------------------------
 
 
 class JobState(StrEnum):
@@ -65,11 +107,10 @@ TERMINAL_JOB_STATES = frozenset(set(JobState) - ACTIVE_JOB_STATES)
 
 #: Every allowed move. Staying in a state is always allowed (idempotent re-writes).
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.FAILED, JobState.CANCELLED}),
+    JobState.SUBMITTING: frozenset({JobState.RUNNING, JobState.COMPLETING, JobState.FAILED, JobState.CANCELLED}),
     JobState.RUNNING: frozenset({JobState.COMPLETING, JobState.FAILED, JobState.CANCELLED}),
     JobState.COMPLETING: frozenset({
-        JobState.RUNNING, JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED,
-        JobState.FAILED, JobState.CANCELLED,
+        JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED, JobState.FAILED, JobState.CANCELLED,
     }),
     JobState.SUCCEEDED: frozenset(),
     JobState.PARTIALLY_SUCCEEDED: frozenset(),
@@ -78,38 +119,15 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-class ShardState(StrEnum):
-    STAGED = "STAGED"  # requests written to staging; no batch created
-    CREATING = "CREATING"  # a create call may have been made: recover the batch by its display name
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"  # results ready at the provider
-    WRITTEN = "WRITTEN"  # results written to the output bucket
-    FAILED = "FAILED"
-    EXPIRED = "EXPIRED"
-    CANCELLED = "CANCELLED"
-    ABANDONED = "ABANDONED"  # no attempts left: every item of the shard counts as failed
-
-
-#: States in which the provider still works on the shard's batch.
-SHARD_IN_FLIGHT = frozenset({ShardState.PENDING, ShardState.RUNNING})
-#: States in which the provider ended the batch without results.
-SHARD_PROVIDER_FAILED = frozenset({ShardState.FAILED, ShardState.EXPIRED, ShardState.CANCELLED})
-
-
-class InvalidTransition(RuntimeError):
-    """A state change the state table does not allow: a bug, never an input problem."""
-
-
-class ShardMode(StrEnum):
-    INLINE = "inline"  # requests sent in the create call
-    FILE = "file"  # requests uploaded through the Files API
-
-
 class ErrorInfo(BaseModel):
     code: str
     message: str
     at: datetime | None = None
+
+    @field_validator("code", "message")
+    @classmethod
+    def _bounded(cls, value: str) -> str:
+        return bounded(value)
 
 
 class FileRef(BaseModel):
@@ -131,18 +149,33 @@ class SourceObject(BaseModel):
     content_encoding: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("metadata")
+    @classmethod
+    def _within_storage_limit(cls, metadata: dict[str, str]) -> dict[str, str]:
+        """Keep what Cloud Storage itself allows (8 KiB): an event from elsewhere cannot grow the job."""
+        kept: dict[str, str] = {}
+        size = 0
+        for key, value in metadata.items():
+            size += len(key.encode()) + len(value.encode())
+            if size > MAX_SOURCE_METADATA_BYTES:
+                break
+            kept[key] = value
+        return kept
+
     @property
     def uri(self) -> str:
         return f"gs://{self.bucket}/{self.name}"
 
 
 class Counts(BaseModel):
-    """Item counts. `total` counts records accepted from the input; input problems are counted apart."""
+    """Item counts. `total` counts records accepted from the input; input problems are counted apart.
+    `reused` of the succeeded items came from the embeddings cache instead of the provider."""
 
     total: int = 0
     succeeded: int = 0
     failed: int = 0
     input_problems: int = 0
+    reused: int = 0
 
     @property
     def pending(self) -> int:
@@ -153,48 +186,9 @@ class Counts(BaseModel):
         return {**self.model_dump(), "pending": self.pending}
 
 
-class ShardOutput(BaseModel):
-    embeddings: FileRef
-    parquet: FileRef
-    failed_items_uri: str | None = None
-    succeeded: int = 0
-    failed: int = 0
-
-
-class Shard(BaseModel):
-    index: int
-    mode: ShardMode
-    request_count: int
-    request_bytes: int
-    estimated_tokens: int = 0
-    requests_uri: str  # staging JSONL in the Files API input format: {"key", "request"}
-    records_uri: str  # staging JSONL: {"key", "id", "title"?, "metadata"?}
-    parent: int | None = None  # a follow-up shard carries failed items of this shard
-    item_attempt: int = 1  # 1 for input shards, n for the n-th try of their items
-    state: ShardState = ShardState.STAGED
-    batch_attempts: int = 0  # batches created for this shard
-    batch_name: str | None = None
-    input_file: str | None = None  # Files API name of the uploaded requests
-    create_started_at: datetime | None = None
-    succeeded: int = 0
-    failed: int = 0
-    pending: int = 0
-    provider_error: ErrorInfo | None = None
-    output: ShardOutput | None = None
-
-    def abandon(self, error: ErrorInfo) -> None:
-        """Give up on the shard: no results of it will be written, so every item counts as failed."""
-        self.state = ShardState.ABANDONED
-        self.provider_error = error
-        self.succeeded = self.failed = self.pending = 0
-
-    def tag(self, job_id: str) -> str:
-        """The suffix of the batch's display name that finds it again after a crash."""
-        return f"[{job_id}/s{self.index}a{self.batch_attempts}]"
-
-
 class Estimate(BaseModel):
-    input_tokens: int = 0
+    input_tokens: int = 0  # estimated tokens of every accepted record
+    reported_tokens: int | None = None  # real tokens, where the provider reports them
     cost_batch_usd: float = 0.0
     cost_interactive_usd: float = 0.0
 
@@ -204,18 +198,47 @@ class InputProblems(BaseModel):
     sample: list[dict[str, Any]] = Field(default_factory=list)  # the first few, with line numbers
     uri: str | None = None  # every problem, one JSON line each
 
+    SAMPLE_SIZE: ClassVar[int] = 20
+
+    def add_to_sample(self, entry: dict[str, Any]) -> None:
+        """Keep `entry` among the first few, its strings bounded."""
+        if len(self.sample) < self.SAMPLE_SIZE:
+            self.sample.append({k: bounded(v, MAX_SAMPLE_CHARS) if isinstance(v, str) else v for k, v in entry.items()})
+
 
 class JobOutput(BaseModel):
     prefix: str  # gs://bucket/path/ holding every file of the job
-    manifest: str | None = None
-    embeddings: list[str] = Field(default_factory=list)
-    parquet: list[str] = Field(default_factory=list)
+    manifest: str | None = None  # lists every file; the event lists them too
     errors: str | None = None
     input_errors: str | None = None
+    files: int = 0  # embeddings files written (one JSONL and one Parquet per written shard)
+
+
+class Staging(BaseModel):
+    """How far staging has read the input: where the next delivery resumes (never re-staging a shard)."""
+
+    position: dict[str, Any] | None = None  # the reader's position after the last staged record
+    seen_ids_uri: str | None = None  # the duplicate-id set as of `seen_ids_key`, when the input has ids
+    seen_ids_key: int = 0
+    next_key: int = 0  # the key of the next record (keys are record numbers in the file)
+    problems: int = 0  # input problems met before the position
+    segments: int = 0  # checkpoints made: input shards, and stretches of problems with no record
+    tokens: int = 0
+    done: bool = False
+    fatal: dict[str, Any] | None = None  # the problem that ended the reading early
+    invocations: int = 0  # deliveries that staged a part of the input
+    fair_start: float = 0.0  # the ledger's virtual time when staging began: the job's place in the queue
+
+
+# Fields changed only by transactions that move a shard (see the module docstring); a leased worker's
+# `save` never writes them from its own copy.
+COUNTER_FIELDS = ("shard_count", "open_shards", "counts.succeeded", "counts.failed", "counts.reused",
+                  "estimate.reported_tokens")
 
 
 class Job(BaseModel):
-    """The job document. Field names are what operators see in Firestore."""
+    """The job document. Field names are what operators see in Firestore. Its size is bounded whatever the
+    input: user strings are cut (`bounded`), problems keep a sample, and shards are documents of their own."""
 
     model_config = ConfigDict(validate_assignment=False)
 
@@ -225,17 +248,18 @@ class Job(BaseModel):
     state: JobState = JobState.SUBMITTING
     created_at: datetime
     updated_at: datetime
-    submitted_at: datetime | None = None
+    submitted_at: datetime | None = None  # staging done
     completed_at: datetime | None = None
     deadline_at: datetime | None = None
-    next_poll_at: datetime | None = None  # set while active: the poller's due-jobs query reads it
-    staged: bool = False
-    shards: list[Shard] = Field(default_factory=list)
+    next_poll_at: datetime | None = None  # set while the job needs the poller: its due-jobs query reads it
+    ledger: str | None = None  # the capacity ledger its shards are admitted through
+    staging: Staging = Field(default_factory=Staging)
+    shard_count: int = 0  # shard indices allocated (input, follow-up and split shards)
+    open_shards: int = 0  # shards not yet final
     counts: Counts = Field(default_factory=Counts)
     estimate: Estimate = Field(default_factory=Estimate)
     input_problems: InputProblems = Field(default_factory=InputProblems)
-    progress_percentage: float = 0.0
-    success_rate: float | None = None
+    first_admitted_at: datetime | None = None  # when its first shard got capacity: the wait is before it
     poll_failures: int = 0
     last_error: ErrorInfo | None = None
     error: ErrorInfo | None = None
@@ -245,9 +269,10 @@ class Job(BaseModel):
     cancel_requested: bool = False
     event_id: str | None = None
     event_published_at: datetime | None = None
-    # The stored version this copy was read at, set by the repository (not a field of the document):
-    # `JobRepository.replace_if_unchanged` writes only over that version.
+    # The stored version this copy was read at, set by the repository (not a field of the document), and
+    # the document as this worker last read or saved it (`shared.domain.changes`).
     _revision: Any = PrivateAttr(default=None)
+    _base: Any = PrivateAttr(default=None)
 
     # -- states -------------------------------------------------------------------------------
 
@@ -270,41 +295,200 @@ class Job(BaseModel):
             # Due at once until its event is published: the poller publishes it if the ender crashed.
             self.next_poll_at = now
 
+    def past_deadline(self, now: datetime) -> bool:
+        return self.deadline_at is not None and now >= self.deadline_at
+
     # -- leases -------------------------------------------------------------------------------
 
     def leased_by_other(self, owner: str, now: datetime) -> bool:
         return bool(self.lease_owner and self.lease_owner != owner and self.lease_until and self.lease_until > now)
 
+    # -- shards (inside a transaction that writes the shard too) -------------------------------
+
+    def allocate_shard(self) -> int:
+        """The index of a new shard, counted open."""
+        index = self.shard_count
+        self.shard_count += 1
+        self.open_shards += 1
+        return index
+
+    def close_shard(self, shard: Shard, now: datetime, *, carried: int = 0) -> bool:
+        """Count a shard that just became final. `carried`: its failed items a follow-up shard carries on
+        (not final yet). Returns True when that leaves nothing open in a staged job: it is COMPLETING."""
+        if shard.state == ShardState.WRITTEN:
+            self.counts.succeeded += shard.succeeded
+            self.counts.failed += shard.failed - carried
+            self.counts.reused += shard.reused
+        elif shard.state == ShardState.ABANDONED:
+            self.counts.failed += shard.request_count
+        elif shard.state != ShardState.SPLIT:
+            raise InvalidTransition(f"shard {shard.index} of {self.job_id} is {shard.state}, not final")
+        self.open_shards -= 1
+        if shard.reported_tokens is not None:
+            self.estimate.reported_tokens = (self.estimate.reported_tokens or 0) + shard.reported_tokens
+        return self.complete_if_done(now)
+
+    def complete_if_done(self, now: datetime) -> bool:
+        """COMPLETING when staged and no shard is open; True when this call made it so."""
+        if self.active and self.state != JobState.COMPLETING and self.staging.done and self.open_shards == 0:
+            self.move_to(JobState.COMPLETING, now)
+            return True
+        return False
+
     # -- progress -----------------------------------------------------------------------------
 
-    @property
-    def followed_up(self) -> set[int]:
-        """Indices of the shards whose failed items a follow-up shard carries on."""
-        return {s.parent for s in self.shards if s.parent is not None}
-
-    def refresh_counts(self) -> None:
-        """Derive counts, progress and success rate from the shards.
-
-        An item counts once, at its latest try: a follow-up shard's items are the failed items of its
-        parent, so the parent's failures are only final when no follow-up carries them.
-        """
-        succeeded = failed = 0
-        retried_from = self.followed_up
-        for shard in self.shards:
-            succeeded += shard.succeeded
-            if shard.index not in retried_from:
-                failed += shard.failed
-            if shard.state == ShardState.ABANDONED:
-                failed += shard.request_count
-        self.counts.succeeded = succeeded
-        self.counts.failed = failed
+    def progress(self, in_flight_done: int = 0) -> float:
+        """Percent of items with a final outcome, plus `in_flight_done` items done in running batches."""
         total = self.counts.total
-        done = succeeded + failed
-        self.progress_percentage = round(100.0 * done / total, 2) if total else 0.0
-        self.success_rate = round(100.0 * succeeded / done, 2) if done else None
+        done = min(self.counts.succeeded + self.counts.failed + in_flight_done, total)
+        return round(100.0 * done / total, 2) if total else 0.0
+
+    @property
+    def success_rate(self) -> float | None:
+        done = self.counts.succeeded + self.counts.failed
+        return round(100.0 * self.counts.succeeded / done, 2) if done else None
 
 
 def job_id_for(bucket: str, name: str, generation: str | int) -> str:
     """The one job id of an object generation: the same event always names the same job."""
     digest = hashlib.sha256(f"{bucket}\n{name}\n{generation}".encode()).hexdigest()
     return f"job-{digest[:20]}"
+
+
+# -- shards ---------------------------------------------------------------------------------------------
+
+
+class ShardState(StrEnum):
+    STAGED = "STAGED"  # records staged; waiting for capacity
+    CREATING = "CREATING"  # capacity reserved; a create call may have been made: recover by tag
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"  # results ready at the provider
+    WRITTEN = "WRITTEN"  # results written to the output bucket (final)
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+    ABANDONED = "ABANDONED"  # final: no results will be written, every item counts as failed
+    SPLIT = "SPLIT"  # final: replaced by two smaller shards that carry its items
+
+
+#: States in which the provider works on the shard's batch.
+SHARD_IN_FLIGHT = frozenset({ShardState.PENDING, ShardState.RUNNING})
+#: States in which the provider ended the batch without results.
+SHARD_PROVIDER_ENDED = frozenset({ShardState.FAILED, ShardState.EXPIRED, ShardState.CANCELLED})
+#: States that hold enqueued tokens in the capacity ledger (a batch exists or may exist).
+SHARD_HOLDS_TOKENS = frozenset({ShardState.CREATING, ShardState.PENDING, ShardState.RUNNING})
+FINAL_SHARD_STATES = frozenset({ShardState.WRITTEN, ShardState.ABANDONED, ShardState.SPLIT})
+_ENDED_BY_PROVIDER = SHARD_PROVIDER_ENDED | {ShardState.SUCCEEDED}
+
+SHARD_TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
+    ShardState.STAGED: frozenset({ShardState.CREATING, ShardState.SPLIT, ShardState.ABANDONED}),
+    ShardState.CREATING: frozenset({ShardState.STAGED, ShardState.SPLIT, ShardState.ABANDONED}
+                                   | SHARD_IN_FLIGHT | _ENDED_BY_PROVIDER),
+    ShardState.PENDING: frozenset({ShardState.RUNNING, ShardState.ABANDONED} | _ENDED_BY_PROVIDER),
+    ShardState.RUNNING: frozenset({ShardState.ABANDONED} | _ENDED_BY_PROVIDER),
+    ShardState.SUCCEEDED: frozenset({ShardState.WRITTEN, ShardState.ABANDONED}),
+    ShardState.FAILED: frozenset({ShardState.STAGED, ShardState.ABANDONED}),
+    ShardState.EXPIRED: frozenset({ShardState.STAGED, ShardState.ABANDONED}),
+    ShardState.CANCELLED: frozenset({ShardState.STAGED, ShardState.ABANDONED}),
+    ShardState.WRITTEN: frozenset(),
+    ShardState.ABANDONED: frozenset(),
+    ShardState.SPLIT: frozenset(),
+}
+
+
+class ShardOrigin(StrEnum):
+    INPUT = "input"  # cut from the input by staging
+    FOLLOW_UP = "follow_up"  # the failed items of `parent`, tried again
+    SPLIT = "split"  # half of `parent`, which the provider's cap refused whole
+
+
+class ShardOutput(BaseModel):
+    embeddings: FileRef
+    parquet: FileRef
+    failed_items_uri: str | None = None
+    succeeded: int = 0
+    failed: int = 0
+    reported_tokens: int | None = None
+
+
+class Shard(BaseModel):
+    """One shard's document. Its records file holds neutral records (`{"key", "id", "text", "title"?,
+    "metadata"?}`), which each provider encodes into its own request lines."""
+
+    model_config = ConfigDict(validate_assignment=False)
+
+    job_id: str
+    index: int
+    state: ShardState = ShardState.STAGED
+    origin: ShardOrigin = ShardOrigin.INPUT
+    parent: int | None = None
+    item_attempt: int = 1  # 1 for input shards, n for the n-th try of their items
+    records_uri: str
+    request_count: int
+    request_bytes: int = 0  # about the size of the provider's input for it
+    record_bytes: int = 0  # ids, titles and metadata: what `complete` holds in memory while writing it
+    file_bytes: int = 0  # about what its input and results take of the provider's file storage
+    estimated_tokens: int = 0
+    reported_tokens: int | None = None  # real tokens of its items, where the provider reports them
+    # Admission: the queue is ordered by priority (high first), then fair_key (low first), then age.
+    ledger: str = ""
+    priority: int = 0
+    fair_key: float = 0.0
+    reserved: bool = False  # holds capacity in the ledger (tokens while a batch may exist, files until written)
+    batch_attempts: int = 0  # batches created for this shard
+    batch_name: str | None = None
+    input_ref: str | None = None  # the provider's handle of the uploaded input (file name, gs:// URI)
+    create_started_at: datetime | None = None
+    uncertain_create: bool = False  # a create's answer was lost: look for a stray second batch at the end
+    succeeded: int = 0
+    failed: int = 0
+    pending: int = 0
+    reused: int = 0  # items taken from the embeddings cache
+    followed_up: bool = False  # its failed items are carried on by a follow-up shard
+    provider_error: ErrorInfo | None = None
+    output: ShardOutput | None = None
+    created_at: datetime
+    updated_at: datetime
+    next_poll_at: datetime | None = None  # due while a batch runs, or while a step may have been lost
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+    _revision: Any = PrivateAttr(default=None)
+    _base: Any = PrivateAttr(default=None)
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_SHARD_STATES
+
+    @property
+    def doc_id(self) -> str:
+        return shard_doc_id(self.index)
+
+    def move_to(self, state: ShardState, now: datetime) -> None:
+        """Change state through the transition table; raises `InvalidTransition` otherwise."""
+        if state != self.state and state not in SHARD_TRANSITIONS[self.state]:
+            raise InvalidTransition(f"shard {self.job_id}/{self.index}: {self.state} -> {state} is not allowed")
+        self.state = state
+        self.updated_at = now
+        if state in FINAL_SHARD_STATES:
+            self.next_poll_at = None
+
+    def abandon(self, error: ErrorInfo, now: datetime) -> None:
+        """Give up on the shard: no results of it will be written, so every item counts as failed."""
+        self.move_to(ShardState.ABANDONED, now)
+        self.provider_error = error
+        self.succeeded = self.failed = self.pending = 0
+
+    def tag(self) -> str:
+        """The suffix of the batch's display name (or its label) that finds it again after a crash."""
+        return f"[{self.job_id}/s{self.index}a{self.batch_attempts}]"
+
+    def leased_by_other(self, owner: str, now: datetime) -> bool:
+        return bool(self.lease_owner and self.lease_owner != owner and self.lease_until and self.lease_until > now)
+
+    def items_done(self) -> int:
+        return self.succeeded + self.failed
+
+
+def shard_doc_id(index: int) -> str:
+    return f"{index:06d}"

@@ -6,59 +6,35 @@ names the option and the values it accepts, so the failed job tells the user exa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+if TYPE_CHECKING:
+    from shared.domain.capabilities import Capabilities
+
 __all__ = [
-    "DEFAULT_MODEL",
-    "model_resource",
-    "MAX_DIMENSIONS",
+    "MAX_CHUNK_TOKENS",
     "MAX_INPUT_TOKENS",
-    "MIN_DIMENSIONS",
     "OnBadRecord",
     "OptionError",
     "JobOptions",
-    "TaskType",
+    "normalize_task_type",
     "options_from_metadata",
 ]
 
-DEFAULT_MODEL = "gemini-embedding-001"
+#: The largest passage a document may be cut into, whatever the model (a model may accept fewer: its
+#: capabilities say, and the options are checked against them).
+MAX_CHUNK_TOKENS = 2048
+MAX_INPUT_TOKENS = MAX_CHUNK_TOKENS  # the readers' default bound on one input, by `estimate_tokens`
+_MAX_NAME_CHARS = 256  # column names, model names: user strings kept on the job document
 
 
-def model_resource(model: str) -> str:
-    """The API's resource name of a model: `models/NAME`, whether given as `NAME` or already so."""
-    return model if "/" in model else f"models/{model}"
-MIN_DIMENSIONS = 128
-MAX_DIMENSIONS = 3072
-#: gemini-embedding-001 reads at most this many tokens of one input.
-MAX_INPUT_TOKENS = 2048
-
-
-class TaskType(StrEnum):
-    """The Gemini API's TaskType values, as the wire spells them."""
-
-    TASK_TYPE_UNSPECIFIED = "TASK_TYPE_UNSPECIFIED"
-    RETRIEVAL_QUERY = "RETRIEVAL_QUERY"
-    RETRIEVAL_DOCUMENT = "RETRIEVAL_DOCUMENT"
-    SEMANTIC_SIMILARITY = "SEMANTIC_SIMILARITY"
-    CLASSIFICATION = "CLASSIFICATION"
-    CLUSTERING = "CLUSTERING"
-    QUESTION_ANSWERING = "QUESTION_ANSWERING"
-    FACT_VERIFICATION = "FACT_VERIFICATION"
-    CODE_RETRIEVAL_QUERY = "CODE_RETRIEVAL_QUERY"
-
-    @classmethod
-    def parse(cls, value: str | TaskType) -> TaskType:
-        """Accepts the wire name in any case, with or without dashes (`retrieval-document`)."""
-        if isinstance(value, TaskType):
-            return value
-        normalised = str(value).strip().upper().replace("-", "_")
-        try:
-            return cls(normalised)
-        except ValueError:
-            raise OptionError("task_type", value, [t.value for t in cls]) from None
+def normalize_task_type(value: str) -> str:
+    """A task type as the wire spells it: `retrieval-document` -> `RETRIEVAL_DOCUMENT`."""
+    return str(value).strip().upper().replace("-", "_")
 
 
 class OnBadRecord(StrEnum):
@@ -81,26 +57,42 @@ class OptionError(ValueError):
 
 
 class JobOptions(BaseModel):
-    """The options of one job, validated. Field names are the metadata keys users set."""
+    """The options of one job, validated. Field names are the metadata keys users set.
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+    Bounds here are the ones every provider shares; `check` validates the rest (task type, dimensions,
+    input size) against the capabilities of the provider and model the job runs on.
+    """
 
-    model: str = DEFAULT_MODEL
-    task_type: TaskType = TaskType.RETRIEVAL_DOCUMENT
-    output_dimensionality: int = Field(768, ge=MIN_DIMENSIONS, le=MAX_DIMENSIONS)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str = "gemini"
+    model: str = "gemini-embedding-001"
+    task_type: str = "RETRIEVAL_DOCUMENT"
+    output_dimensionality: int = Field(768, ge=1)
     priority: int = 0
     display_name: str | None = None
-    chunk_size: int = Field(512, ge=16, le=MAX_INPUT_TOKENS)  # tokens per passage (.txt, .md)
+    chunk_size: int = Field(512, ge=16, le=MAX_CHUNK_TOKENS)  # tokens per passage (.txt, .md)
     chunk_overlap: int = Field(64, ge=0)  # tokens shared by neighbouring passages
     on_bad_record: OnBadRecord = OnBadRecord.SKIP
     id_column: str = "id"  # .csv
     text_column: str = "text"  # .csv
     title_column: str = "title"  # .csv, optional column
+    reuse: bool = True  # take embeddings of unchanged passages from the cache
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> JobOptions:
         if self.chunk_overlap >= self.chunk_size:
             raise OptionError("chunk_overlap", self.chunk_overlap, f"integers from 0 to chunk_size-1 ({self.chunk_size - 1})")
+        return self
+
+    def check(self, capabilities: Capabilities) -> JobOptions:
+        """Raise `OptionError` unless the provider's model accepts these options; returns self."""
+        if self.task_type not in capabilities.task_types:
+            raise OptionError("task_type", self.task_type, list(capabilities.task_types))
+        if not capabilities.min_dimensions <= self.output_dimensionality <= capabilities.max_dimensions:
+            raise OptionError("output_dimensionality", self.output_dimensionality, capabilities.dimensions_text())
+        if self.chunk_size > capabilities.max_input_tokens:
+            raise OptionError("chunk_size", self.chunk_size, f"integers from 16 to {capabilities.max_input_tokens} (tokens)")
         return self
 
 
@@ -116,21 +108,30 @@ _ALIASES = {
 }
 
 _ALLOWED = {
-    "output_dimensionality": f"integers from {MIN_DIMENSIONS} to {MAX_DIMENSIONS} (768, 1536 or 3072 recommended)",
+    "output_dimensionality": "integers (the model's range: see the README)",
     "priority": "integers (higher runs first; negatives allowed)",
-    "chunk_size": f"integers from 16 to {MAX_INPUT_TOKENS} (tokens)",
+    "chunk_size": f"integers from 16 to {MAX_CHUNK_TOKENS} (tokens)",
     "chunk_overlap": "integers from 0 to chunk_size-1 (tokens)",
     "on_bad_record": [m.value for m in OnBadRecord],
-    "model": "a model name such as gemini-embedding-001",
+    "reuse": ["true", "false"],
+    "model": f"a model name such as gemini-embedding-001 (up to {_MAX_NAME_CHARS} characters)",
+    "provider": "a configured provider",
     "display_name": "any non-empty text up to 128 characters",
-    "id_column": "a column name",
-    "text_column": "a column name",
-    "title_column": "a column name",
+    "id_column": f"a column name (up to {_MAX_NAME_CHARS} characters)",
+    "text_column": f"a column name (up to {_MAX_NAME_CHARS} characters)",
+    "title_column": f"a column name (up to {_MAX_NAME_CHARS} characters)",
 }
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False, "off": False}
 
 
-def options_from_metadata(metadata: dict[str, str] | None, defaults: JobOptions) -> JobOptions:
-    """Overlay an object's custom metadata on `defaults`.
+def options_from_metadata(
+    metadata: dict[str, str] | None,
+    defaults: JobOptions,
+    capabilities: Callable[[str, str], Capabilities] | None = None,
+) -> JobOptions:
+    """Overlay an object's custom metadata on `defaults`, then check them against the capabilities of the
+    chosen provider and model (`capabilities(provider, model)`, which raises `OptionError` for a provider
+    or model it does not serve).
 
     Unknown metadata keys are left alone (users keep their own metadata on objects); a known key with a
     bad value raises `OptionError` naming it.
@@ -142,19 +143,22 @@ def options_from_metadata(metadata: dict[str, str] | None, defaults: JobOptions)
             continue
         values[key] = _coerce(key, raw_value)
     try:
-        return JobOptions(**values)
+        options = JobOptions(**values)
     except ValidationError as exc:  # pydantic wraps a validator's OptionError: unwrapped below
         first = exc.errors()[0]
         option = str(first["loc"][0]) if first["loc"] else "options"
         if isinstance(first.get("ctx", {}).get("error"), OptionError):
             raise first["ctx"]["error"] from None
         raise OptionError(option, values.get(option), _ALLOWED.get(option, "see the README")) from None
+    if capabilities is not None:
+        options.check(capabilities(options.provider, options.model))
+    return options
 
 
 def _coerce(key: str, value: str) -> Any:
     text = str(value).strip()
     if key == "task_type":
-        return TaskType.parse(text)
+        return normalize_task_type(text)
     if key in ("output_dimensionality", "priority", "chunk_size", "chunk_overlap"):
         try:
             return int(text)
@@ -165,8 +169,12 @@ def _coerce(key: str, value: str) -> Any:
             return OnBadRecord(text.lower())
         except ValueError:
             raise OptionError(key, value, _ALLOWED[key]) from None
+    if key == "reuse":
+        if text.lower() not in _BOOLEANS:
+            raise OptionError(key, value, _ALLOWED[key])
+        return _BOOLEANS[text.lower()]
     if key == "display_name" and not (0 < len(text) <= 128):
         raise OptionError(key, value, _ALLOWED[key])
-    if not text:
+    if not text or len(text) > _MAX_NAME_CHARS:
         raise OptionError(key, value, _ALLOWED.get(key, "a non-empty value"))
-    return text
+    return text.lower() if key == "provider" else text

@@ -64,14 +64,27 @@ class JobPaths:
         job = f"{safe_name(source.name)}/{source.generation}/"
         return cls(prefix=root + job, staging=f"{root}{STAGING_FOLDER}/{job}")
 
-    def requests(self, shard: int) -> str:
-        return f"{self.staging}requests-{shard:05d}.jsonl"
+    def input_records(self, segment: int) -> str:
+        """Neutral records of the `segment`-th shard cut from the input (its index is allocated later)."""
+        return f"{self.staging}records-{segment:06d}.jsonl"
 
-    def records(self, shard: int) -> str:
-        return f"{self.staging}records-{shard:05d}.jsonl"
+    def follow_up_records(self, parent: int) -> str:
+        """The failed items of shard `parent`, tried again."""
+        return f"{self.staging}records-f{parent:06d}.jsonl"
+
+    def split_records(self, parent: int, half: int) -> str:
+        return f"{self.staging}records-s{parent:06d}-{half}.jsonl"
+
+    def problems(self, segment: int) -> str:
+        """Input problems met while staging the `segment`-th input shard (joined into input-errors.jsonl)."""
+        return f"{self.staging}problems-{segment:06d}.jsonl"
+
+    def seen_ids(self, key: int) -> str:
+        """The ids of the first `key` records, to find duplicates after a resumed read."""
+        return f"{self.staging}seen-ids-{key:012d}.bin"
 
     def failed_items(self, shard: int) -> str:
-        return f"{self.staging}failed-{shard:05d}.jsonl"
+        return f"{self.staging}failed-{shard:06d}.jsonl"
 
     def embeddings(self, shard: int) -> str:
         return f"{self.prefix}embeddings-{shard:05d}.jsonl"

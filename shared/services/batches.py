@@ -1,31 +1,62 @@
-"""Creating a shard's provider batch exactly once, although the provider's create is not idempotent.
+"""A shard's batch: created exactly once although the provider's create is not idempotent, followed to its
+end, and every batch the provider holds either adopted by its shard or cancelled.
 
-Before calling create, the shard is saved as CREATING with a tag that ends the batch's display name
-(`[job/sNaM]`). A worker that dies between create and saving the batch's name leaves the shard CREATING;
-the next worker finds the batch by its tag and adopts it instead of creating a second one. A create that
-failed leaves nothing to find, and is made again with the same tag.
+Creating (the shard is CREATING: capacity reserved, under the shard's own lease):
+- the create's intent is saved first (`create_started_at`, and the tag that ends the batch's display
+  name); a worker that learns nothing of a create it may have made (crash, timeout, a 5xx after the create
+  reached the provider) leaves the shard CREATING, due when its lease lapses; the next worker lists the
+  provider's batches carrying the tag, adopts one and cancels the others, or creates again when none does;
+- a create starts only while the lease has room for the whole call (one request, no retry);
+- a worker that finds, after creating, that it lost the shard (its lease lapsed and another took over, or
+  the job ended meanwhile) cancels what it created, unless the stored shard adopted that very batch;
+- a create refused for capacity (429) made nothing: the shard waits again, the ledger learns, and the job's
+  retry budget is not spent on it. Refused with nothing else in flight, the shard is split.
+Ending: a batch that ends releases the shard's capacity (tokens first; the files' bytes once they are
+deleted), and the shard's final move and the job's counters change in one transaction.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-import orjson
-
-from shared.domain.jobs import ErrorInfo, Job, Shard, ShardMode, ShardState
+from shared.domain.jobs import (
+    ErrorInfo,
+    Job,
+    Shard,
+    ShardState,
+)
+from shared.domain.ledger import Ledger
+from shared.errors import CapacityExhausted, NotFound, PermanentError, TransientError
 from shared.logging import get_logger
-from shared.ports import ProviderBatch
+from shared.ports import BatchProvider, JobTx, ProviderBatch, ProviderState
+from shared.services import messages
 from shared.services.context import Context
-from shared.services.leasing import save
+from shared.services.leasing import LeaseLost, lease_left, leased_shard, save_shard
+from shared.services.records import staged_items
 
-__all__ = ["adopt", "batch_display_name", "ensure_batch", "stop_batch", "UPLOAD_CHUNK"]
+__all__ = [
+    "adopt",
+    "batch_display_name",
+    "close_shard",
+    "create_batch_for",
+    "provider_of",
+    "release_capacity",
+    "resolve_by_tag",
+    "stop_batch",
+]
 
 log = get_logger(__name__)
 
-UPLOAD_CHUNK = 8 * 1024 * 1024
 #: How far before the CREATING mark a recovered batch may have been created (clock skew).
-_RECOVERY_MARGIN = timedelta(minutes=10)
+RECOVERY_MARGIN = timedelta(minutes=10)
+#: Time a create call needs beyond its HTTP timeout (connection set-up, our own saves around it).
+CREATE_SLACK_SECONDS = 30.0
 _DISPLAY_BASE_MAX = 80
+_PREFERENCE = {ProviderState.SUCCEEDED: 0, ProviderState.RUNNING: 1, ProviderState.PENDING: 2}
+
+
+def provider_of(ctx: Context, shard: Shard) -> BatchProvider:
+    return ctx.provider_for(shard.ledger.split("~", 1)[0])
 
 
 def batch_display_name(job: Job, shard: Shard) -> str:
@@ -33,71 +64,219 @@ def batch_display_name(job: Job, shard: Shard) -> str:
     base = (job.options.display_name if job.options and job.options.display_name else job.source.name).strip()
     if len(base) > _DISPLAY_BASE_MAX:
         base = "…" + base[-(_DISPLAY_BASE_MAX - 1):]
-    return f"{base} {shard.tag(job.job_id)}"
+    return f"{base} {shard.tag()}"
 
 
-def adopt(shard: Shard, batch: ProviderBatch) -> None:
+def adopt(shard: Shard, batch: ProviderBatch, now: datetime) -> None:
     """Take the provider's view of the shard's batch: name, state, counts, error."""
     shard.batch_name = batch.name
-    shard.state = ShardState(batch.state.value)
-    shard.succeeded = batch.succeeded
-    shard.failed = batch.failed
-    shard.pending = batch.pending
+    shard.move_to(ShardState(batch.state.value), now)
+    shard.succeeded, shard.failed, shard.pending = batch.succeeded, batch.failed, batch.pending
     if batch.error is not None:
         shard.provider_error = ErrorInfo(code=batch.error.code, message=batch.error.message)
 
 
-def stop_batch(ctx: Context, name: str) -> None:
+def stop_batch(ctx: Context, provider: BatchProvider, name: str) -> None:
     """Cancel a batch, best effort: a failure is logged, and the caller ends its shard or job either way."""
     try:
-        ctx.provider.cancel_batch(name)
+        provider.cancel_batch(name)
     except Exception:  # noqa: BLE001 - best effort
         log.warning("could not cancel batch", batch=name, exc_info=True)
 
 
-def ensure_batch(ctx: Context, job: Job, shard: Shard) -> None:
-    """Give a STAGED or CREATING shard its batch, once. Saves progress after each step.
-
-    Raises the provider's TransientError (retry later: the shard stays recoverable) or PermanentError.
-    """
-    if shard.state not in (ShardState.STAGED, ShardState.CREATING):
-        return
-    if shard.state == ShardState.CREATING:
-        since = (shard.create_started_at or job.created_at) - _RECOVERY_MARGIN
-        found = ctx.provider.find_batch(shard.tag(job.job_id), created_after=since)
-        if found is not None:
-            adopt(shard, found)
-            save(ctx, job)
-            log.info("recovered batch created before a crash", job_id=job.job_id, shard=shard.index, batch=found.name)
-            return
-    else:
-        shard.batch_attempts += 1
-    display_name = batch_display_name(job, shard)
-    if shard.mode == ShardMode.FILE and shard.input_file is None:
-        shard.input_file = _upload(ctx, shard, display_name)
-    shard.state = ShardState.CREATING
-    shard.create_started_at = ctx.clock()
-    save(ctx, job)
-    batch = ctx.provider.create_batch(
-        model=job.options.model,
-        display_name=display_name,
-        priority=job.options.priority,
-        requests=_inline_requests(ctx, shard) if shard.mode == ShardMode.INLINE else None,
-        file_name=shard.input_file if shard.mode == ShardMode.FILE else None,
-    )
-    adopt(shard, batch)
-    save(ctx, job)
-    log.info("batch created", job_id=job.job_id, shard=shard.index, batch=batch.name, requests=shard.request_count)
+def resolve_by_tag(ctx: Context, provider: BatchProvider, shard: Shard, *, keep: bool) -> ProviderBatch | None:
+    """Find every batch carrying the shard's current tag. With `keep`, the best one (furthest along, then
+    oldest) is returned for adoption and the others are cancelled; without, all of them are cancelled."""
+    since = (shard.create_started_at or shard.created_at) - RECOVERY_MARGIN
+    found = provider.find_batches(shard.tag(), created_after=since)
+    found.sort(key=lambda b: (_PREFERENCE.get(b.state, 3), b.create_time or since, b.name))
+    kept = found[0] if keep and found else None
+    for batch in found:
+        if batch is not kept and not batch.terminal:
+            log.warning("cancelling a second batch of one shard attempt", shard=shard.index, batch=batch.name)
+            stop_batch(ctx, provider, batch.name)
+    return kept
 
 
-def _upload(ctx: Context, shard: Shard, display_name: str) -> str:
-    info = ctx.blobs.stat(shard.requests_uri)
-    if info is None:
-        raise FileNotFoundError(f"staged requests {shard.requests_uri} are missing")
-    with ctx.blobs.open_read(shard.requests_uri) as stream:
-        return ctx.provider.upload_requests(iter(lambda: stream.read(UPLOAD_CHUNK), b""), info.size, display_name)
+def release_capacity(ctx: Context, shard: Shard, *, batch_only: bool = False) -> None:
+    """Give back what the shard holds in its ledger: its batch and tokens, and unless `batch_only` its
+    files' bytes too. Idempotent; called after the shard's own move is stored (so a crash in between leaks
+    capacity, which reconciliation reclaims, and never over-commits it)."""
+    now = ctx.clock()
+
+    def free(ledger: Ledger) -> None:
+        if batch_only:
+            ledger.batch_ended(shard.job_id, shard.index, now)
+        else:
+            ledger.release(shard.job_id, shard.index, now)
+
+    ctx.ledgers.update(shard.ledger, free)
 
 
-def _inline_requests(ctx: Context, shard: Shard) -> list[dict]:
-    with ctx.blobs.open_read(shard.requests_uri) as stream:
-        return [orjson.loads(line) for line in stream if line.strip()]
+def close_shard(ctx: Context, job_id: str, index: int, move: callable, *, carried: int = 0,
+                added: list[Shard] | None = None) -> tuple[Shard | None, bool]:
+    """In one transaction: apply `move` (which makes the shard final, or returns False to leave it) and count
+    it on the job. Returns the stored shard and whether this left the job with nothing open (COMPLETING):
+    the caller then finishes the job. `added` shards (a follow-up, split halves) are created with it."""
+    now = ctx.clock()
+
+    def change(tx: JobTx) -> bool:
+        shard = tx.shards[index]
+        if shard is None or shard.final or move(tx.job, shard) is False:
+            return False
+        for child in added or ():
+            child.index = tx.job.allocate_shard()
+            tx.added.append(child)
+        return tx.job.close_shard(shard, now, carried=carried)
+
+    tx, last = ctx.jobs.update(job_id, change, shards=[index])
+    return tx.shards[index], last
+
+
+def abandon_shard(ctx: Context, shard: Shard, error: ErrorInfo) -> bool:
+    """Abandon a shard (any open state) with its counters, then free what it holds. True when the job is
+    left with nothing open."""
+    now = ctx.clock()
+
+    def move(job: Job, stored: Shard) -> None:
+        stored.abandon(error, now)
+
+    _, last = close_shard(ctx, shard.job_id, shard.index, move)
+    if shard.input_ref:
+        _delete_input(ctx, shard)
+    release_capacity(ctx, shard)
+    return last
+
+
+def _delete_input(ctx: Context, shard: Shard) -> None:
+    try:
+        provider_of(ctx, shard).delete_input(shard.input_ref)
+    except Exception:  # noqa: BLE001 - the provider expires inputs on its own (48 h)
+        log.warning("could not delete a batch input", shard=shard.index, input=shard.input_ref, exc_info=True)
+
+
+# -- creating ---------------------------------------------------------------------------------------------
+
+
+def create_batch_for(ctx: Context, job_id: str, index: int) -> str:
+    """Give one CREATING shard its batch, exactly once. Returns what happened. Raises `LeaseHeld` when another
+    worker holds the shard, `TransientError` when the create's outcome is unknown (the shard stays CREATING
+    and recovers by its tag)."""
+    with leased_shard(ctx, job_id, index) as shard:
+        if shard.state != ShardState.CREATING:
+            return "not_creating"
+        job = ctx.jobs.get(job_id)
+        if job is None or job.terminal or job.cancel_requested or job.past_deadline(ctx.clock()):
+            return _stand_down(ctx, shard, job)
+        provider = provider_of(ctx, shard)
+        if shard.create_started_at is not None:  # a create may have been made for this attempt
+            found = resolve_by_tag(ctx, provider, shard, keep=True)
+            if found is not None:
+                return _record(ctx, provider, job, shard, found, "recovered")
+        if shard.input_ref is None:
+            shard.input_ref, _ = provider.prepare_input(staged_items(ctx, shard.records_uri), job.options,
+                                                        batch_display_name(job, shard))
+        shard.create_started_at = ctx.clock()
+        save_shard(ctx, shard)  # the intent, and a renewed lease
+        needed = ctx.settings.gemini_timeout_seconds + CREATE_SLACK_SECONDS
+        if lease_left(shard, ctx) < needed:
+            raise LeaseLost(f"shard {job_id}/{index}: the lease has {lease_left(shard, ctx):.0f} s left, "
+                            f"a create needs {needed:.0f} s")
+        try:
+            batch = provider.create_batch(options=job.options, input_ref=shard.input_ref,
+                                          display_name=batch_display_name(job, shard), tag=shard.tag())
+        except CapacityExhausted as exc:
+            return _refused(ctx, shard, exc)
+        except TransientError:  # made or not: the next worker recovers it by its tag
+            shard.uncertain_create = True
+            _quietly_save(ctx, shard)
+            raise
+        except PermanentError as exc:
+            shard.create_started_at = None
+            save_shard(ctx, shard)
+            abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"the provider refused the batch: {exc.message}"))
+            return "refused_permanently"
+        return _record(ctx, provider, job, shard, batch, "created")
+
+
+def _quietly_save(ctx: Context, shard: Shard) -> None:
+    try:
+        save_shard(ctx, shard)
+    except TransientError:
+        log.warning("could not note an uncertain create", shard=shard.index, exc_info=True)
+
+
+def _record(ctx: Context, provider: BatchProvider, job: Job, shard: Shard, batch: ProviderBatch, what: str) -> str:
+    """Adopt the batch on the shard, fenced by the lease; a worker that lost the shard cancels the batch."""
+    now = ctx.clock()
+    try:
+        adopt(shard, batch, now)
+        shard.next_poll_at = ctx.next_poll_at(now, size=shard.request_count, age_seconds=0)
+        save_shard(ctx, shard, last=True)
+    except LeaseLost:
+        stored = ctx.jobs.get_shard(shard.job_id, shard.index)
+        if stored is None or stored.batch_name != batch.name:
+            log.warning("lost the shard after creating its batch: cancelling the batch", shard=shard.index,
+                        batch=batch.name)
+            stop_batch(ctx, provider, batch.name)
+        raise
+    ctx.ledgers.update(shard.ledger, lambda ledger: ledger.created(now))
+    if job.first_admitted_at is None:
+        _note_admitted(ctx, job.job_id, now)
+    log.info(f"batch {what}", job_id=job.job_id, shard=shard.index, batch=batch.name, requests=shard.request_count,
+             tokens=shard.estimated_tokens)
+    return what
+
+
+def _note_admitted(ctx: Context, job_id: str, now: datetime) -> None:
+    def note(tx: JobTx) -> None:
+        if tx.job.first_admitted_at is None:
+            tx.job.first_admitted_at = now
+
+    ctx.jobs.update(job_id, note)
+
+
+def _refused(ctx: Context, shard: Shard, exc: CapacityExhausted) -> str:
+    """No capacity after all: nothing was made. The shard waits again (or is split), the ledger learns."""
+    now = ctx.clock()
+    if shard.input_ref:  # the ledger frees its bytes with the hold: do not keep it at the provider
+        _delete_input(ctx, shard)
+    shard.input_ref = None
+    shard.create_started_at = None
+    shard.reserved = False
+    shard.move_to(ShardState.STAGED, now)
+    shard.next_poll_at = None
+    save_shard(ctx, shard, last=True)
+    _, alone = ctx.ledgers.update(shard.ledger, lambda ledger: ledger.refused(shard.job_id, shard.index, now))
+    log.warning("create refused for capacity: the shard waits", shard=shard.index, tokens=shard.estimated_tokens,
+                alone=alone, error=exc.message)
+    if alone:
+        from shared.services.admission import split_shard  # split lives with admission
+        split_shard(ctx, shard)
+        return "split"
+    return "refused"
+
+
+def _stand_down(ctx: Context, shard: Shard, job: Job | None) -> str:
+    """The job ended, is cancelled or past its deadline: make sure no batch of this shard runs, then
+    abandon it."""
+    provider = provider_of(ctx, shard)
+    if shard.create_started_at is not None:
+        resolve_by_tag(ctx, provider, shard, keep=False)
+    reason = "the job was cancelled" if job is not None and job.cancel_requested else "the job ended"
+    if job is not None and job.active and job.past_deadline(ctx.clock()):
+        reason = "the job passed its deadline"
+    code = "CANCELLED" if job is not None and job.cancel_requested else "DEADLINE_EXCEEDED"
+    shard_copy = shard.model_copy()
+    last = abandon_shard(ctx, shard_copy, ErrorInfo(code=code, message=reason))
+    if last:
+        messages.finish_job(ctx, shard.job_id)
+    return "stood_down"
+
+
+def get_batch(ctx: Context, shard: Shard) -> ProviderBatch:
+    try:
+        return provider_of(ctx, shard).get_batch(shard.batch_name)
+    except NotFound as exc:
+        return ProviderBatch(name=shard.batch_name, state=ProviderState.FAILED,
+                             error=ErrorInfo(code="BATCH_NOT_FOUND", message=exc.message))

@@ -1,21 +1,29 @@
-"""Cancel: stop a job's batches and end it CANCELLED, with its event.
+"""Cancel, and any other end that stops a job's work: every open shard is resolved, then the job ends.
 
 A cancel request is recorded on the job first (that write needs no lease), then carried out at once if
-the job is free, or by whichever worker holds it next (poller or complete check the request). Cancelling
-an ended job changes nothing.
+the job is free, or by whichever worker holds it next (they all check the request). Stopping a job's work
+(`stop_shards`, also used at the deadline and when a submission fails): for each open shard, a CREATING one
+is first resolved by its tag (a create may have reached the provider while its answer was lost: every batch
+carrying the tag is cancelled), a running batch is cancelled, and the shard is abandoned with its capacity
+released. A shard under another worker's lease is left for the next pass (the job stays due); a worker that
+creates a batch for a shard abandoned meanwhile cancels it itself (`shared.services.batches`). Cancelling an
+ended job changes nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.domain.jobs import SHARD_IN_FLIGHT, ErrorInfo, Job, JobState, ShardState
-from shared.services.batches import stop_batch
+from shared.domain.jobs import FINAL_SHARD_STATES, SHARD_IN_FLIGHT, ErrorInfo, Job, JobState, ShardState
+from shared.services.batches import abandon_shard, provider_of, resolve_by_tag, stop_batch
 from shared.services.context import Context
 from shared.services.finish import end_job
-from shared.services.leasing import LeaseHeld, leased
+from shared.services.leasing import LeaseHeld, leased, save
 
-__all__ = ["CancelResult", "cancel_held", "cancel_job"]
+__all__ = ["CancelResult", "cancel_held", "cancel_job", "stop_shards"]
+
+_OPEN_STATES = [s.value for s in ShardState if s not in FINAL_SHARD_STATES]
+
 
 @dataclass(frozen=True)
 class CancelResult:
@@ -29,28 +37,54 @@ def cancel_job(ctx: Context, job_id: str) -> CancelResult:
     """Request and, when possible, carry out the job's cancellation. Raises NotFound for an unknown job."""
     now = ctx.clock()
 
-    def request(job: Job) -> None:
-        if job.active:
-            job.cancel_requested = True
-            job.next_poll_at = now  # the poller carries it out if the holder of the lease does not
+    def request(tx) -> None:
+        if tx.job.active:
+            tx.job.cancel_requested = True
+            tx.job.next_poll_at = now  # the poller carries it out if the holder of the lease does not
 
-    job, _ = ctx.jobs.update(job_id, request)
+    tx, _ = ctx.jobs.update(job_id, request)
+    job = tx.job
     if job.terminal:
         return CancelResult(job_id, job.state.value, job.state == JobState.CANCELLED, f"the job already ended {job.state.value}")
     try:
         with leased(ctx, job_id) as held:
             if held.terminal:
                 return CancelResult(job_id, held.state.value, held.state == JobState.CANCELLED, f"the job ended {held.state.value}")
-            cancel_held(ctx, held)
+            if not cancel_held(ctx, held):
+                return CancelResult(job_id, held.state.value, False, "cancel under way: some shards are busy")
             return CancelResult(job_id, held.state.value, True, "cancelled")
     except LeaseHeld:
         return CancelResult(job_id, job.state.value, False, "cancel requested: the job is busy and will be cancelled shortly")
 
 
-def cancel_held(ctx: Context, job: Job) -> None:
-    """Cancel the batches of a job held under lease and end it CANCELLED."""
-    for shard in job.shards:
-        if shard.batch_name and shard.state in SHARD_IN_FLIGHT:  # a CREATING shard has no batch name yet
-            stop_batch(ctx, shard.batch_name)
-            shard.state = ShardState.CANCELLED
-    end_job(ctx, job, JobState.CANCELLED, error=ErrorInfo(code="CANCELLED", message="cancelled by request"))
+def cancel_held(ctx: Context, job: Job) -> bool:
+    """Stop a job held under lease and end it CANCELLED; False when some shard was busy (the job stays due
+    and a later pass finishes the cancel)."""
+    error = ErrorInfo(code="CANCELLED", message="cancelled by request")
+    if not stop_shards(ctx, job, error):
+        job.next_poll_at = ctx.clock()
+        save(ctx, job, last=True)
+        return False
+    save(ctx, job)  # my copy takes what the shards' closing did to the job
+    end_job(ctx, job, JobState.CANCELLED, error=error)
+    return True
+
+
+def stop_shards(ctx: Context, job: Job, error: ErrorInfo) -> bool:
+    """Resolve and abandon every open shard of `job` (see the module docstring). True when none is left
+    open; False when one was under another worker's lease, or the time budget ran out."""
+    now = ctx.clock()
+    done = True
+    for shard in ctx.jobs.shards(job.job_id, states=_OPEN_STATES):
+        if ctx.elapsed() > ctx.settings.stage_budget_seconds:
+            return False
+        if shard.leased_by_other(ctx.owner, now):
+            done = False
+            continue
+        provider = provider_of(ctx, shard)
+        if shard.state == ShardState.CREATING and shard.create_started_at is not None:
+            resolve_by_tag(ctx, provider, shard, keep=False)
+        if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
+            stop_batch(ctx, provider, shard.batch_name)
+        abandon_shard(ctx, shard, error)
+    return done

@@ -2,7 +2,10 @@
 
 Results stream from the provider one at a time; each vector goes at once into a float32 block of
 `BLOCK_ROWS` rows, and each full block is normalised at once (numpy) and appended to both files, so memory
-holds one block of vectors plus the shard's key -> id map, whatever the result size.
+holds one block of vectors plus the shard's key -> (id, title, metadata) map, whatever the result size.
+That map keeps each item's metadata as its raw JSON bytes (parsed one block at a time, when written), and
+staging cuts shards at `max_shard_record_bytes` of ids, titles and metadata: so the map is bounded by that
+setting, whatever the metadata.
 Output files have fixed names per shard: writing a shard again writes the same files.
 
 `embeddings-N.jsonl`: one line per item, `{"id", "embedding", ...metadata}` (Vertex AI Vector Search's
@@ -29,6 +32,7 @@ from shared.domain.paths import JobPaths
 from shared.logging import get_logger
 from shared.ports import ItemResult
 from shared.services.context import Context
+from shared.services.records import iter_records
 
 __all__ = ["BLOCK_ROWS", "file_ref", "load_records", "write_shard_output"]
 
@@ -42,23 +46,37 @@ _RESERVED = ("id", "embedding")
 class _Item:
     id: str
     title: str | None
-    metadata: dict[str, Any]
+    raw_metadata: bytes | None  # JSON, parsed only when the item is written
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return orjson.loads(self.raw_metadata) if self.raw_metadata else {}
 
 
-def load_records(ctx: Context, uri: str) -> dict[str, _Item]:
+@dataclass
+class ShardRecords:
+    items: dict[str, _Item]
+    metadata_keys: list[str]  # every metadata key of the shard, sorted (the Parquet columns)
+    with_title: bool
+
+
+def load_records(ctx: Context, uri: str) -> ShardRecords:
     """The key -> (id, title, metadata) map of one shard's staged records."""
-    records: dict[str, _Item] = {}
-    with ctx.blobs.open_read(uri) as stream:
-        for line in stream:
-            if line.strip():
-                row = orjson.loads(line)
-                records[row["key"]] = _Item(row["id"], row.get("title"), row.get("metadata") or {})
-    return records
+    items: dict[str, _Item] = {}
+    keys: set[str] = set()
+    with_title = False
+    for _, row in iter_records(ctx, uri):
+        metadata = row.get("metadata")
+        if metadata:
+            keys.update(metadata)
+        with_title = with_title or bool(row.get("title"))
+        items[row["key"]] = _Item(row["id"], row.get("title"), orjson.dumps(metadata) if metadata else None)
+    return ShardRecords(items, sorted(keys), with_title)
 
 
-def _jsonl_row(item: _Item, vector: np.ndarray) -> bytes:
+def _jsonl_row(item: _Item, metadata: dict[str, Any], vector: np.ndarray) -> bytes:
     row: dict[str, Any] = {"id": item.id, "embedding": vector}
-    for key, value in item.metadata.items():
+    for key, value in metadata.items():
         row[f"metadata_{key}" if key in _RESERVED else key] = value
     return orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
 
@@ -70,10 +88,10 @@ def _column_text(value: Any) -> str | None:
 
 
 class _ParquetSink:
-    def __init__(self, stream: Any, dims: int, records: dict[str, _Item]):
+    def __init__(self, stream: Any, dims: int, records: ShardRecords):
         self.dims = dims
-        self.with_title = any(item.title for item in records.values())
-        self.columns = sorted({key for item in records.values() for key in item.metadata})
+        self.with_title = records.with_title
+        self.columns = records.metadata_keys
         fields = [pa.field("id", pa.string(), nullable=False), pa.field("embedding", pa.list_(pa.float32(), dims))]
         if self.with_title:
             fields.append(pa.field("title", pa.string()))
@@ -86,14 +104,14 @@ class _ParquetSink:
         self.writer = pq.ParquetWriter(stream, self.schema, use_dictionary=others,
                                        compression={name: "zstd" for name in others} | {"embedding": "none"})
 
-    def write(self, items: list[_Item], vectors: np.ndarray) -> None:
+    def write(self, items: list[_Item], metadata: list[dict[str, Any]], vectors: np.ndarray) -> None:
         arrays = [
             pa.array([item.id for item in items], pa.string()),
             pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), self.dims),
         ]
         if self.with_title:
             arrays.append(pa.array([item.title for item in items], pa.string()))
-        arrays += [pa.array([_column_text(item.metadata.get(c)) for item in items], pa.string()) for c in self.columns]
+        arrays += [pa.array([_column_text(m.get(c)) for m in metadata], pa.string()) for c in self.columns]
         self.writer.write_table(pa.Table.from_arrays(arrays, schema=self.schema))
 
     def close(self) -> None:
@@ -101,12 +119,16 @@ class _ParquetSink:
 
 
 def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -> ShardOutput:
-    """Fetch, normalise and write one SUCCEEDED shard's results. Returns what was written.
+    """Fetch, normalise and write one SUCCEEDED shard's results. Returns what was written, with the tokens
+    the provider reported for its items (None when it reports none).
 
     An item fails (into `failed-N.jsonl`) when the provider reports an error for it, when its vector has
     the wrong dimensions or is all zeros (it cannot be normalised), or when its key is unknown.
     """
-    records = load_records(ctx, shard.records_uri)
+    provider = ctx.provider_for(shard.ledger.split("~", 1)[0])
+    shard_records = load_records(ctx, shard.records_uri)
+    records = shard_records.items
+    reported: int | None = None
     succeeded = 0
     done: set[str] = set()  # keys with a result, good or failed
     failed_keys: list[str] = []
@@ -119,7 +141,7 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
             failures.write(orjson.dumps({"key": key, "id": records[key].id, "code": error.code, "message": error.message}) + b"\n")
             failed_keys.append(key)
 
-        parquet = _ParquetSink(parquet_stream, dims, records)
+        parquet = _ParquetSink(parquet_stream, dims, shard_records)
         files.callback(parquet.close)  # before its stream closes, also when an error interrupts the writing
         rows = np.empty((BLOCK_ROWS, dims), dtype=np.float32)  # one block of vectors, reused
         good: list[_Item] = []
@@ -127,16 +149,19 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
         def flush() -> None:
             matrix = rows[: len(good)]
             matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-            jsonl.write(b"".join(_jsonl_row(item, row) for item, row in zip(good, matrix, strict=True)))
-            parquet.write(good, matrix)
+            metadata = [item.metadata for item in good]
+            jsonl.write(b"".join(_jsonl_row(item, meta, row) for item, meta, row in zip(good, metadata, matrix, strict=True)))
+            parquet.write(good, metadata, matrix)
             good.clear()
 
-        for result in ctx.provider.iter_results(shard.batch_name):
+        for result in provider.iter_results(shard.batch_name):
             item = records.get(result.key)
             if item is None or result.key in done:
                 log.warning("ignored a result for an unknown or repeated key", key=result.key[:100], shard=shard.index)
                 continue
             done.add(result.key)
+            if result.tokens is not None:
+                reported = (reported or 0) + result.tokens
             problem = _problem(result, dims)
             if problem is not None:
                 fail(result.key, problem)
@@ -157,6 +182,7 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -
         failed_items_uri=paths.failed_items(shard.index) if failed else None,
         succeeded=succeeded,
         failed=failed,
+        reported_tokens=reported,
     )
 
 

@@ -1,63 +1,88 @@
-"""Poll: move every due job one step forward. Called by Cloud Scheduler through the poller function.
+"""Poll: the scheduler's tick fans due work out to poll workers, and the workers move it one step.
 
-Reads only due jobs (one indexed query), bounded by count and time; one job's error never stops the run.
-Most polls only refresh a RUNNING job's batches: that needs no lease, and costs the query's read and one
-write made on condition that nobody wrote the job since (a job leased or written meanwhile is skipped: its
-worker carries on). Every other step is taken under the job's lease, so overlapping runs never take it
-twice. Each job is moved along:
-- RUNNING: refresh its batches; retry a batch the provider failed or expired while attempts remain,
-  else abandon it; past the job's deadline, stop what still runs; when no batch is left running, hand
-  the job to `complete` (a message on the complete topic). The next poll comes at the batches' estimated
-  end when their progress tells it, else by the batch size and age (`shared.domain.schedule`).
-- SUBMITTING, untouched for a while: resume the submission (the submit deliveries gave up or died).
-- COMPLETING, untouched for a while: hand it to `complete` again; still not done a day past the
-  deadline (complete keeps failing): fail it, so that it ends with an event.
-- ended with its event unpublished: publish it.
+The tick (Cloud Scheduler, every minute) does bounded work of its own and nothing per item:
+- due shards (one query: batches to refresh, creates or writes that may have been lost) and due jobs (one
+  query: deadlines, cancels, stalled staging, unfinished or unannounced ends) go out as messages, a group
+  per message, each carrying the documents as the query read them;
+- each ledger reclaims capacity held by nobody, then admits the head of its queue;
+- the reconciler looks at one page of recent uploads for objects without a job.
+A worker reads nothing again: it writes a due document over the revision the tick read, so a document
+written meanwhile (by its lease holder, or another worker) is left to that writer. Per due item it costs
+the tick's read and one write. Steps that must not run twice (creating, writing, cancelling, ending) take
+the document's lease.
+
+A shard's step, by state:
+- PENDING/RUNNING: refresh from the provider. When the batch ends: SUCCEEDED hands the shard to `complete`;
+  FAILED/EXPIRED/CANCELLED retries it (it waits for capacity again) while attempts remain, else abandons
+  it. Either way its batch's capacity is released and the queue admitted at once.
+- CREATING past its mark: the creator died or its message was lost: create (or recover) it now.
+- SUCCEEDED left unwritten: hand it to `complete` again.
+A job's step: publish an unannounced end; carry out a cancel; stop everything at the deadline; hand
+stalled staging back to `stage` (never staged inline); finish a COMPLETING job left unfinished.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from shared.domain.jobs import (
     SHARD_IN_FLIGHT,
-    SHARD_PROVIDER_FAILED,
+    SHARD_PROVIDER_ENDED,
     ErrorInfo,
     Job,
     JobState,
+    Shard,
     ShardState,
 )
-from shared.errors import NotFound, PermanentError, TransientError
+from shared.errors import PermanentError, TransientError
 from shared.logging import bind, get_logger
-from shared.services.batches import adopt, ensure_batch, stop_batch
-from shared.services.cancel import cancel_held
+from shared.ports import ProviderBatch, ProviderState
+from shared.services import messages
+from shared.services.admission import admit
+from shared.services.batches import (
+    abandon_shard,
+    adopt,
+    create_batch_for,
+    get_batch,
+    provider_of,
+    release_capacity,
+    resolve_by_tag,
+)
+from shared.services.cancel import cancel_held, stop_shards
 from shared.services.context import Context
-from shared.services.finish import end_job, publish_completion
+from shared.services.finish import end_job, finalize, publish_completion
 from shared.services.leasing import LeaseHeld, leased, save
-from shared.services.submit import resume_submission
+from shared.services.reconcile import reconcile_inputs, reconcile_ledger
 
-__all__ = ["PollSummary", "hand_to_complete", "poll_due_jobs", "poll_job"]
+__all__ = ["PollSummary", "poll_job", "poll_shard", "poll_work", "tick"]
 
 log = get_logger(__name__)
 
 #: How long after its deadline a job may still be completing before it is failed (complete keeps failing).
 COMPLETION_GRACE = timedelta(hours=24)
+#: A running job with nothing due is still looked at this often (a safety net; its deadline comes first).
+JOB_HEARTBEAT = timedelta(hours=1)
 
 
 @dataclass
 class PollSummary:
-    due: int = 0
+    due_shards: int = 0
+    due_jobs: int = 0
+    messages: int = 0
+    admitted: int = 0
+    reclaimed: int = 0
+    reconciled: int = 0
     polled: int = 0
-    progressed: int = 0  # jobs whose batches moved since their last poll
+    progressed: int = 0  # shards whose batches moved since their last poll
     handed_to_complete: int = 0
-    resubmitted: int = 0
-    events_published: int = 0
-    skipped_leased: int = 0
+    retried: int = 0
+    abandoned: int = 0
+    created: int = 0
+    skipped: int = 0  # written or leased by another worker meanwhile
     errors: int = 0
-    out_of_time: bool = False
     seconds: float = 0.0
     job_errors: list[dict] = field(default_factory=list)
 
@@ -65,230 +90,264 @@ class PollSummary:
         return asdict(self)
 
 
-def poll_due_jobs(ctx: Context) -> PollSummary:
-    """One scheduler tick: every due job, until the count or time budget runs out."""
+# -- the tick -------------------------------------------------------------------------------------------
+
+
+def tick(ctx: Context) -> PollSummary:
+    """One scheduler tick: fan due work out, admit waiting work, reconcile. Bounded by counts."""
     started = time.monotonic()
     settings = ctx.settings
     summary = PollSummary()
-    jobs = ctx.jobs.due(ctx.clock(), settings.poll_max_jobs)
-    summary.due = len(jobs)
-    for job in jobs:
-        if time.monotonic() - started > settings.poll_time_budget_seconds:
-            summary.out_of_time = True
-            break
-        with bind(job_id=job.job_id):
-            try:
-                step = _poll(ctx.for_invocation(), job)
-                summary.polled += 1
-                summary.progressed += step == "progressed"
-                summary.handed_to_complete += step == "handed_to_complete"
-                summary.resubmitted += step == "resubmitted"
-                summary.events_published += step == "event_published"
-            except LeaseHeld:
-                summary.skipped_leased += 1
-            except Exception as exc:  # noqa: BLE001 - one job's error never stops the run
-                summary.errors += 1
-                summary.job_errors.append({"job_id": job.job_id, "error": type(exc).__name__, "message": str(exc)[:300]})
-                log.warning("poll failed for job", exc_info=True)
-                _note_failure(ctx, job.job_id, exc)
+    now = ctx.clock()
+    shards = ctx.jobs.due_shards(now, settings.poll_max_shards)
+    jobs = ctx.jobs.due(now, settings.poll_max_jobs)
+    summary.due_shards, summary.due_jobs = len(shards), len(jobs)
+    summary.messages = messages.poll_shards(ctx, shards) + messages.poll_jobs(ctx, jobs)
+    for key in ctx.ledgers.keys():
+        _guarded(summary, key, lambda key=key: _admit_ledger(ctx, key, summary))
+    _guarded(summary, "reconcile", lambda: setattr(summary, "reconciled", reconcile_inputs(ctx)))
     summary.seconds = round(time.monotonic() - started, 3)
-    log.info("poll run", **summary.to_dict())
+    log.info("poll tick", **{k: v for k, v in summary.to_dict().items() if k != "job_errors"})
     return summary
 
 
-def _poll(ctx: Context, job: Job) -> str:
-    if job.leased_by_other(ctx.owner, ctx.clock()):
-        raise LeaseHeld(f"job {job.job_id} is being worked on by another worker")
-    return _refresh_unleased(ctx, job) or poll_job(ctx, job.job_id)
+def _admit_ledger(ctx: Context, key: str, summary: PollSummary) -> None:
+    summary.reclaimed += reconcile_ledger(ctx, key)
+    summary.admitted += admit(ctx, key, inline=False)
 
 
-def _refresh_unleased(ctx: Context, job: Job) -> str | None:
-    """Refresh a RUNNING job whose shards all have their batch, in one conditional write.
+def _guarded(summary: PollSummary, what: str, step: Any) -> None:
+    """One item's error never stops the run."""
+    try:
+        step()
+    except LeaseHeld:
+        summary.skipped += 1
+    except Exception as exc:  # noqa: BLE001
+        summary.errors += 1
+        summary.job_errors.append({"item": what, "error": type(exc).__name__, "message": str(exc)[:300]})
+        log.warning("poll step failed", item=what, exc_info=True)
 
-    Returns None, having written nothing, when the job needs a step that must not run twice (creating or
-    retrying a batch, cancelling, stopping at the deadline): the caller takes the lease for it. Raises
-    `LeaseHeld` when the job was written since it was read.
-    """
+
+# -- the worker ------------------------------------------------------------------------------------------
+
+
+def poll_work(ctx: Context, payload: dict[str, Any]) -> PollSummary:
+    """Handle one message of the poll topic (see `shared.services.messages`)."""
+    summary = PollSummary()
+    for snapshot in payload.get("shards", []):
+        shard = messages.from_snapshot(Shard, snapshot)
+        with bind(job_id=shard.job_id, shard=shard.index):
+            _guarded(summary, f"{shard.job_id}/{shard.index}", lambda s=shard: _count(summary, poll_shard(ctx.for_invocation(), s)))
+    for snapshot in payload.get("jobs", []):
+        job = messages.from_snapshot(Job, snapshot)
+        with bind(job_id=job.job_id):
+            _guarded(summary, job.job_id, lambda j=job: _count(summary, poll_job(ctx.for_invocation(), j)))
+    for job_id, index in payload.get("create", []):
+        with bind(job_id=job_id, shard=index):
+            _guarded(summary, f"{job_id}/{index}",
+                     lambda j=job_id, i=index: _count(summary, create_batch_for(ctx.for_invocation(), j, i)))
+    for error in summary.job_errors:
+        _note_failure(ctx, error)
+    return summary
+
+
+def _count(summary: PollSummary, step: str) -> None:
+    summary.polled += 1
+    summary.progressed += step == "progressed"
+    summary.handed_to_complete += step == "handed_to_complete"
+    summary.retried += step == "retried"
+    summary.abandoned += step == "abandoned"
+    summary.created += step in ("created", "recovered")
+    summary.skipped += step == "skipped"
+
+
+# -- shards ----------------------------------------------------------------------------------------------
+
+
+def poll_shard(ctx: Context, shard: Shard) -> str:
+    """Move one due shard (as the tick read it) one step; returns what was done."""
     now = ctx.clock()
-    if (job.state != JobState.RUNNING or job.cancel_requested or _past_deadline(job, now)
-            or any(s.state in (ShardState.STAGED, ShardState.CREATING) for s in job.shards)):
-        return None
-    before = _progress(job)
-    for shard in job.shards:
-        if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
-            try:
-                adopt(shard, ctx.provider.get_batch(shard.batch_name))
-            except NotFound:
-                return None
-    if any(shard.state in SHARD_PROVIDER_FAILED for shard in job.shards):
-        return None
-    job.refresh_counts()
-    job.poll_failures = 0
-    job.lease_owner = job.lease_until = None  # a lease left on a due job has expired: its worker is gone
-    job.updated_at = now
-    done = _all_shards_done(job)
-    if done:
-        job.move_to(JobState.COMPLETING, now)
-        job.next_poll_at = now + timedelta(minutes=ctx.settings.complete_stale_minutes)
-    else:
-        job.next_poll_at = _next_running_poll(ctx, job, now)
-    if not ctx.jobs.replace_if_unchanged(job):
-        raise LeaseHeld(f"job {job.job_id} was written by another worker meanwhile")
-    if done:
-        _publish_to_complete(ctx, job)
+    if shard.leased_by_other(ctx.owner, now) and shard.state != ShardState.CREATING:
+        return "skipped"
+    if shard.state == ShardState.CREATING:
+        return create_batch_for(ctx, shard.job_id, shard.index)
+    if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
+        return _refresh(ctx, shard, get_batch(ctx, shard))
+    if shard.state == ShardState.SUCCEEDED:
+        shard.next_poll_at = now + timedelta(minutes=ctx.settings.complete_stale_minutes)
+        if not ctx.jobs.replace_shard_if_unchanged(shard):
+            return "skipped"
+        messages.write_shard(ctx, shard.job_id, shard.index)
         return "handed_to_complete"
-    return "progressed" if _progress(job) != before else "unchanged"
+    if shard.state in SHARD_PROVIDER_ENDED:
+        return _retry_or_abandon(ctx, shard)
+    shard.next_poll_at = None  # nothing to look after (waiting for capacity, or final)
+    ctx.jobs.replace_shard_if_unchanged(shard)
+    return "unchanged"
 
 
-def poll_job(ctx: Context, job_id: str) -> str:
-    """Move one job forward; returns what was done. Raises LeaseHeld when another worker has it."""
-    with leased(ctx, job_id) as job:
-        step = _step(ctx, job)
-    if step == "resume_submission":  # under its own lease, as a submit delivery would
-        resume_submission(ctx, job_id)
-        return "resubmitted"
+def _refresh(ctx: Context, shard: Shard, batch: ProviderBatch) -> str:
+    now = ctx.clock()
+    before = (shard.state, shard.succeeded, shard.failed, shard.pending)
+    adopt(shard, batch, now)
+    if shard.state in SHARD_IN_FLIGHT:
+        shard.next_poll_at = _next_poll(ctx, shard, now)
+        if not ctx.jobs.replace_shard_if_unchanged(shard):
+            return "skipped"
+        return "progressed" if (shard.state, shard.succeeded, shard.failed, shard.pending) != before else "unchanged"
+    return batch_ended(ctx, shard, batch)
+
+
+def batch_ended(ctx: Context, shard: Shard, batch: ProviderBatch) -> str:
+    """The shard's batch reached a terminal state (seen by a poll or a webhook, adopted on `shard`): store
+    that, free its batch's capacity, and take the next step."""
+    now = ctx.clock()
+    if shard.uncertain_create:
+        resolve_by_tag(ctx, provider_of(ctx, shard), shard, keep=False)  # a stray second batch, if any
+    if batch.state == ProviderState.SUCCEEDED:
+        shard.next_poll_at = now + timedelta(minutes=ctx.settings.complete_stale_minutes)
+        if not ctx.jobs.replace_shard_if_unchanged(shard):
+            return "skipped"
+        _ended(ctx, shard, keep_files=True)
+        messages.write_shard(ctx, shard.job_id, shard.index)
+        return "handed_to_complete"
+    shard.next_poll_at = now
+    if not ctx.jobs.replace_shard_if_unchanged(shard):
+        return "skipped"
+    _ended(ctx, shard, keep_files=False)
+    return _retry_or_abandon(ctx, shard)
+
+
+def _ended(ctx: Context, shard: Shard, *, keep_files: bool) -> None:
+    """After the shard's move is stored: delete its input, free its batch's capacity, admit the queue."""
+    if shard.input_ref:
+        try:
+            provider_of(ctx, shard).delete_input(shard.input_ref)
+        except Exception:  # noqa: BLE001 - inputs expire on their own
+            log.warning("could not delete a batch input", shard=shard.index, exc_info=True)
+    release_capacity(ctx, shard, batch_only=keep_files)
+    try:
+        admit(ctx, shard.ledger, inline=True)
+    except Exception:  # noqa: BLE001 - the next tick admits
+        log.warning("admission after a batch ended failed", ledger=shard.ledger, exc_info=True)
+
+
+def _retry_or_abandon(ctx: Context, shard: Shard) -> str:
+    """A batch the provider ended without results: the shard waits for capacity again while attempts remain
+    (a new batch attempt: a new tag), else it is abandoned."""
+    now = ctx.clock()
+    job = ctx.jobs.get(shard.job_id)
+    stopping = job is None or not job.active or job.cancel_requested or job.past_deadline(now)
+    if shard.batch_attempts < ctx.settings.max_batch_attempts and not stopping:
+        log.warning("retrying a batch the provider ended without results", state=shard.state.value,
+                    attempt=shard.batch_attempts)
+        shard.move_to(ShardState.STAGED, now)
+        shard.batch_attempts += 1
+        shard.batch_name = shard.input_ref = shard.create_started_at = None
+        shard.reserved = shard.uncertain_create = False
+        shard.next_poll_at = None
+        if not ctx.jobs.replace_shard_if_unchanged(shard):
+            return "skipped"
+        admit(ctx, shard.ledger, inline=True)
+        return "retried"
+    error = shard.provider_error or ErrorInfo(code=shard.state.value, message=f"the provider ended the batch {shard.state.value}")
+    if abandon_shard(ctx, shard, error):
+        messages.finish_job(ctx, shard.job_id)
+    return "abandoned"
+
+
+def _next_poll(ctx: Context, shard: Shard, now: datetime) -> datetime:
+    age = (now - (shard.create_started_at or shard.created_at)).total_seconds()
+    return ctx.next_poll_at(now, size=shard.request_count, age_seconds=age, seconds_left=_seconds_left(shard, now))
+
+
+def _seconds_left(shard: Shard, now: datetime) -> float | None:
+    """When the batch should end at the pace it has kept since its creation; None before any progress."""
+    done = shard.succeeded + shard.failed
+    if not done or shard.create_started_at is None:
+        return None
+    return (now - shard.create_started_at).total_seconds() * shard.pending / done
+
+
+# -- jobs ------------------------------------------------------------------------------------------------
+
+
+def poll_job(ctx: Context, job: Job) -> str:
+    """Move one due job (as the tick read it) one step; returns what was done."""
+    now = ctx.clock()
+    if job.leased_by_other(ctx.owner, now):
+        return "skipped"
+    if job.terminal or job.cancel_requested or (job.active and job.past_deadline(now)):
+        return _under_lease(ctx, job.job_id)
+    if job.state == JobState.SUBMITTING:
+        return _reschedule(ctx, job, now, ctx.settings.submit_stale_minutes, messages.stage_job, "handed_to_stage")
+    if job.state == JobState.COMPLETING:
+        return _reschedule(ctx, job, now, ctx.settings.complete_stale_minutes, messages.finish_job, "handed_to_complete")
+    job.next_poll_at = min(job.deadline_at or now + JOB_HEARTBEAT, now + JOB_HEARTBEAT)
+    job.complete_if_done(now)
+    if not ctx.jobs.replace_if_unchanged(job):
+        return "skipped"
+    if job.state == JobState.COMPLETING:
+        messages.finish_job(ctx, job.job_id)
+        return "handed_to_complete"
+    return "unchanged"
+
+
+def _reschedule(ctx: Context, job: Job, now: datetime, minutes: float, send: Any, step: str) -> str:
+    if now - job.updated_at < timedelta(minutes=minutes):
+        job.next_poll_at = job.updated_at + timedelta(minutes=minutes)
+        return "unchanged" if ctx.jobs.replace_if_unchanged(job) else "skipped"
+    job.next_poll_at = now + timedelta(minutes=minutes)
+    job.updated_at = now
+    if not ctx.jobs.replace_if_unchanged(job):
+        return "skipped"
+    send(ctx, job.job_id)
     return step
 
 
-def _step(ctx: Context, job: Job) -> str:
-    if job.terminal:
-        publish_completion(ctx, job)
-        return "event_published"
-    if job.cancel_requested:
-        cancel_held(ctx, job)
-        return "cancelled"
-    now = ctx.clock()
-    idle = now - job.updated_at
-    if job.state == JobState.SUBMITTING:
-        if _past_deadline(job, now):
-            return _fail_overdue(ctx, job, "DEADLINE_EXCEEDED", "the submission did not complete before the job's deadline")
-        if idle < timedelta(minutes=ctx.settings.submit_stale_minutes):
-            return _reschedule(ctx, job, minutes=ctx.settings.submit_stale_minutes)
-        return "resume_submission"
-    if job.state == JobState.COMPLETING:
-        if job.deadline_at is not None and now >= job.deadline_at + COMPLETION_GRACE:
-            return _fail_overdue(ctx, job, "COMPLETION_FAILED", "the results could not be written in time")
-        if idle >= timedelta(minutes=ctx.settings.complete_stale_minutes):
-            hand_to_complete(ctx, job)
-            return "handed_to_complete"
-        return _reschedule(ctx, job, minutes=ctx.settings.complete_stale_minutes)
-    return _advance_running(ctx, job)
+def _under_lease(ctx: Context, job_id: str) -> str:
+    """The steps that must not run twice: announce, cancel, stop at the deadline, fail overdue."""
+    with leased(ctx, job_id) as job:
+        now = ctx.clock()
+        if job.terminal:
+            publish_completion(ctx, job)
+            return "event_published"
+        if job.cancel_requested:
+            return "cancelled" if cancel_held(ctx, job) else "cancelling"
+        if job.state == JobState.COMPLETING:
+            if job.deadline_at is not None and now >= job.deadline_at + COMPLETION_GRACE:
+                end_job(ctx, job, JobState.FAILED, error=ErrorInfo(
+                    code="COMPLETION_FAILED", message="the results could not be written in time" + _last(job)))
+                return "failed_overdue"
+            return "completing"
+        error = ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline")
+        if not stop_shards(ctx, job, error):
+            return "stopping"
+        if job.state == JobState.SUBMITTING or job.counts.total == 0:
+            end_job(ctx, job, JobState.FAILED, error=ErrorInfo(
+                code="DEADLINE_EXCEEDED", message="the submission did not complete before the job's deadline" + _last(job)))
+            return "failed_overdue"
+        save(ctx, job)  # my copy takes what the shards' closing did to the job
+        if job.state == JobState.COMPLETING:
+            finalize(ctx, job)
+        return "stopped_at_deadline"
 
 
-def _fail_overdue(ctx: Context, job: Job, code: str, message: str) -> str:
-    last = f" (last error: {job.last_error.message})" if job.last_error else ""
-    end_job(ctx, job, JobState.FAILED, error=ErrorInfo(code=code, message=message + last))
-    return "failed_overdue"
+def _last(job: Job) -> str:
+    return f" (last error: {job.last_error.message})" if job.last_error else ""
 
 
-def _advance_running(ctx: Context, job: Job) -> str:
-    now = ctx.clock()
-    past_deadline = _past_deadline(job, now)
-    before = _progress(job)
-    for shard in job.shards:
-        if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
-            if past_deadline:
-                stop_batch(ctx, shard.batch_name)
-                shard.abandon(ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline"))
-                continue
-            try:
-                adopt(shard, ctx.provider.get_batch(shard.batch_name))
-            except NotFound as exc:  # the provider lost it (deleted, or restarted): retry by policy
-                shard.state = ShardState.FAILED
-                shard.provider_error = ErrorInfo(code="BATCH_NOT_FOUND", message=exc.message)
-        if shard.state in SHARD_PROVIDER_FAILED:
-            if shard.batch_attempts < ctx.settings.max_batch_attempts and not past_deadline:
-                log.warning("retrying a batch the provider ended without results", shard=shard.index,
-                            state=shard.state.value, attempt=shard.batch_attempts)
-                shard.state = ShardState.STAGED
-                shard.batch_name = None
-                shard.input_file = None  # uploaded files expire: upload again
-            else:
-                shard.abandon(shard.provider_error or ErrorInfo(code=shard.state.value, message=f"the provider ended the batch {shard.state.value}"))
-    for shard in job.shards:
-        if shard.state in (ShardState.STAGED, ShardState.CREATING) and not past_deadline:
-            try:
-                ensure_batch(ctx, job, shard)
-            except PermanentError as exc:
-                shard.abandon(ErrorInfo(code=exc.code, message=f"the provider refused the batch: {exc.message}"))
-        elif shard.state in (ShardState.STAGED, ShardState.CREATING):
-            shard.abandon(ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline"))
-    job.refresh_counts()
-    job.poll_failures = 0
-    if _all_shards_done(job):
-        job.move_to(JobState.COMPLETING, now)
-        hand_to_complete(ctx, job)
-        return "handed_to_complete"
-    job.next_poll_at = _next_running_poll(ctx, job, now)
-    save(ctx, job, last=True)
-    return "progressed" if _progress(job) != before else "unchanged"
-
-
-def _progress(job: Job) -> str:
-    """What a poll can learn: the shards' states and counts (the poll times always move)."""
-    return job.model_dump_json(include={"shards", "counts"})
-
-
-def _past_deadline(job: Job, now: datetime) -> bool:
-    return job.deadline_at is not None and now >= job.deadline_at
-
-
-def _all_shards_done(job: Job) -> bool:
-    return all(s.state in (ShardState.SUCCEEDED, ShardState.WRITTEN, ShardState.ABANDONED) for s in job.shards)
-
-
-def _next_running_poll(ctx: Context, job: Job, now: datetime) -> datetime:
-    return ctx.next_poll_at(
-        now, size=job.counts.total, age_seconds=(now - (job.submitted_at or job.created_at)).total_seconds(),
-        seconds_left=_seconds_left(job, now),
-    )
-
-
-def _seconds_left(job: Job, now: datetime) -> float | None:
-    """When the batches in flight should end, at the pace each has kept since its creation; None until
-    every one of them has made progress."""
-    left = 0.0
-    for shard in job.shards:
-        if shard.state not in SHARD_IN_FLIGHT:
-            continue
-        done = shard.succeeded + shard.failed
-        if not done or shard.create_started_at is None:
-            return None
-        elapsed = (now - shard.create_started_at).total_seconds()
-        left = max(left, elapsed * shard.pending / done)
-    return left
-
-
-def hand_to_complete(ctx: Context, job: Job) -> None:
-    """Publish the job's id on the complete topic; `complete` takes it from there. Saves the job (the
-    lease's last write: the publication comes after it)."""
-    job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.complete_stale_minutes)
-    save(ctx, job, last=True)
-    _publish_to_complete(ctx, job)
-
-
-def _publish_to_complete(ctx: Context, job: Job) -> None:
-    ctx.publisher.publish(
-        ctx.settings.complete_topic, json.dumps({"job_id": job.job_id}).encode(), {"job_id": job.job_id},
-    )
-    log.info("handed to complete", state=job.state.value)
-
-
-def _reschedule(ctx: Context, job: Job, minutes: float) -> str:
-    job.next_poll_at = ctx.clock() + timedelta(minutes=minutes)
-    save(ctx, job, last=True)
-    return "rescheduled"
-
-
-def _note_failure(ctx: Context, job_id: str, exc: Exception) -> None:
-    """Back the job off after an error, so a failing job is not hammered every tick."""
+def _note_failure(ctx: Context, error: dict) -> None:
+    """Back a failing job off, so it is not hammered every tick."""
+    job_id = error["item"].split("/", 1)[0]
+    if not job_id.startswith("job-"):
+        return
     now = ctx.clock()
 
-    def back_off(job: Job) -> None:
+    def back_off(tx) -> None:
+        job = tx.job
         job.poll_failures += 1
-        job.last_error = ErrorInfo(
-            code=getattr(exc, "code", type(exc).__name__), message=str(exc)[:500], at=now,
-        )
+        job.last_error = ErrorInfo(code=error["error"], message=error["message"], at=now)
         if job.next_poll_at is not None:
             job.next_poll_at = ctx.next_poll_at(now, size=job.counts.total, age_seconds=0, failures=job.poll_failures)
 

@@ -1,10 +1,12 @@
-"""Submit: a landed object becomes exactly one job, and that job's records become provider batches.
+"""Submit: a landed object becomes exactly one job, and its input becomes shards waiting for capacity.
 
 Guarantees:
 - one job per (bucket, name, generation), however often and however concurrently the event arrives: the
   job document is created with a conditional write before anything else happens;
-- one batch per shard attempt: see `shared.services.batches`; a delivery after a crash resumes where the
-  last one stopped (staging, upload, create) instead of starting over;
+- staging resumes where the last delivery's checkpoint left it, and one invocation stages for a bounded
+  time before handing the rest on (`shared.services.staging`); the poller hands stalled staging back here;
+- shards are admitted as they are staged (first come, by priority and fairness); a job whose options say
+  `on_bad_record=fail` keeps its shards out of the queue until the whole file is read clean;
 - bad input never raises: options, whole-file and per-record problems are recorded on the job, which
   fails with a clear error and a FAILED event when nothing usable remains.
 Raises `TransientError` only when a retry can help (provider busy, another delivery holds the job).
@@ -16,15 +18,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from shared.domain.jobs import ErrorInfo, Job, JobState, SourceObject, job_id_for
+from shared.domain.jobs import ErrorInfo, Job, JobState, ShardState, SourceObject, job_id_for
 from shared.domain.options import OnBadRecord, OptionError, options_from_metadata
-from shared.errors import NotFound, PermanentError
+from shared.errors import NotFound
 from shared.logging import bind, get_logger
-from shared.services.batches import ensure_batch, stop_batch
-from shared.services.cancel import cancel_held
+from shared.services import messages
+from shared.services.admission import admit
+from shared.services.cancel import cancel_held, stop_shards
 from shared.services.context import Context
 from shared.services.finish import end_job, publish_completion
-from shared.services.leasing import leased, renew, save
+from shared.services.leasing import leased, save
 from shared.services.staging import stage_input
 
 __all__ = ["SubmitOutcome", "SubmitResult", "in_scope", "resume_submission", "submit_object"]
@@ -34,7 +37,8 @@ log = get_logger(__name__)
 
 class SubmitOutcome(StrEnum):
     IGNORED = "ignored"  # not an input of this pipeline
-    SUBMITTED = "submitted"  # batches created, job RUNNING
+    SUBMITTED = "submitted"  # staged; its shards wait for capacity or run
+    CONTINUED = "continued"  # staged in part; the rest is handed to the next invocation
     ALREADY_DONE = "already_done"  # a duplicate delivery: the job is past submission
     FAILED = "failed"  # the job failed (bad input or options); its event is published
 
@@ -79,61 +83,81 @@ def submit_object(ctx: Context, source: SourceObject) -> SubmitResult:
 
 
 def resume_submission(ctx: Context, job_id: str) -> SubmitResult:
-    """Carry a SUBMITTING job as far as it goes: options, staging, batches. Used by submit and the poller."""
+    """Carry a SUBMITTING job's staging as far as this invocation may. Used by submit and stage."""
     with leased(ctx, job_id) as job:
         if job.terminal:
             publish_completion(ctx, job)
             return SubmitResult(SubmitOutcome.ALREADY_DONE, job_id, reason=job.state.value)
         if job.state != JobState.SUBMITTING:
             return SubmitResult(SubmitOutcome.ALREADY_DONE, job_id, reason=job.state.value)
-        if job.cancel_requested:  # batches of shards created before the request are stopped too
+        if job.cancel_requested:
             cancel_held(ctx, job)
             return SubmitResult(SubmitOutcome.FAILED, job_id, reason="cancelled")
-        failure = _prepare(ctx, job)
+        failure = _options(ctx, job)
+        if failure is None:
+            if not job.staging.done:
+                done, failure = _stage(ctx, job)
+                if not done and failure is None:
+                    job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.submit_stale_minutes)
+                    save(ctx, job, last=True)
+                    messages.stage_job(ctx, job_id)
+                    return SubmitResult(SubmitOutcome.CONTINUED, job_id)
+            else:
+                failure = _check(job)
         if failure is not None:
+            stop_shards(ctx, job, failure)
+            save(ctx, job)
             end_job(ctx, job, JobState.FAILED, error=failure)
             log.warning(f"job failed: {failure.message}", code=failure.code)
             return SubmitResult(SubmitOutcome.FAILED, job_id, reason=failure.message)
-        try:
-            for shard in job.shards:
-                ensure_batch(ctx, job, shard)
-        except PermanentError as exc:
-            _cancel_created(ctx, job)
-            end_job(ctx, job, JobState.FAILED, error=ErrorInfo(code=exc.code, message=f"the provider refused the batch: {exc.message}"))
-            return SubmitResult(SubmitOutcome.FAILED, job_id, reason=exc.message)
-        now = ctx.clock()
-        job.submitted_at = now
-        job.refresh_counts()
-        job.move_to(JobState.RUNNING, now)
-        job.next_poll_at = ctx.next_poll_at(now, size=job.counts.total, age_seconds=0)
-        save(ctx, job, last=True)
-        log.info("job submitted", shards=len(job.shards), records=job.counts.total,
+        _open_to_queue(ctx, job)
+        ledger = job.ledger
+        log.info("job staged", shards=job.shard_count, records=job.counts.total,
                  input_tokens=job.estimate.input_tokens, cost_batch_usd=job.estimate.cost_batch_usd)
-        return SubmitResult(SubmitOutcome.SUBMITTED, job_id)
+    admit(ctx, ledger, inline=True)
+    return SubmitResult(SubmitOutcome.SUBMITTED, job_id)
 
 
-def _prepare(ctx: Context, job: Job) -> ErrorInfo | None:
-    """Validate options and stage the input, once. Returns why the job must fail, or None."""
-    if job.options is None:
-        try:
-            job.options = options_from_metadata(job.source.metadata, ctx.settings.default_options())
-        except OptionError as exc:
-            return ErrorInfo(code="INVALID_OPTION", message=str(exc))
-        save(ctx, job)
-    if job.staged:
+def _options(ctx: Context, job: Job) -> ErrorInfo | None:
+    """Validate the options once, against the chosen provider's capabilities, and place the job in its
+    ledger's queue."""
+    if job.options is not None:
         return None
-    if job.source.size == 0:
-        return ErrorInfo(code="EMPTY_INPUT", message=f"{job.source.uri} is empty (0 bytes): there is nothing to embed")
     try:
-        fatal = stage_input(ctx, job, heartbeat=lambda: renew(ctx, job.job_id))
-    except NotFound:
-        return ErrorInfo(code="SOURCE_NOT_FOUND", message=(
-            f"{job.source.uri} generation {job.source.generation} was deleted or replaced before it could be read"))
+        job.options = options_from_metadata(job.source.metadata, ctx.settings.default_options(), ctx.capabilities)
+    except OptionError as exc:
+        return ErrorInfo(code="INVALID_OPTION", message=str(exc))
+    capabilities = ctx.capabilities(job.options.provider, job.options.model)
+    job.ledger = capabilities.ledger_key
+    ledger = ctx.ledgers.get(job.ledger)
+    job.staging.fair_start = ledger.virtual_time if ledger is not None else 0.0
     save(ctx, job)
+    return None
+
+
+def _stage(ctx: Context, job: Job) -> tuple[bool, ErrorInfo | None]:
+    """Stage on; returns whether the input is all staged, and why the job must fail, if it must."""
+    if job.source.size == 0:
+        return True, ErrorInfo(code="EMPTY_INPUT", message=f"{job.source.uri} is empty (0 bytes): there is nothing to embed")
+    job.staging.invocations += 1
+    save(ctx, job)
+    try:
+        outcome = stage_input(ctx, job, ctx.capabilities(job.options.provider, job.options.model),
+                              held=job.options.on_bad_record == OnBadRecord.FAIL)
+    except NotFound:
+        return True, ErrorInfo(code="SOURCE_NOT_FOUND", message=(
+            f"{job.source.uri} generation {job.source.generation} was deleted or replaced before it could be read"))
+    if not outcome.done:
+        return False, None
+    return True, _check(job)
+
+
+def _check(job: Job) -> ErrorInfo | None:
     problems = job.input_problems
+    fatal = job.staging.fatal
     if job.counts.total == 0:
         if fatal is not None:
-            return ErrorInfo(code=fatal.code, message=fatal.message)
+            return ErrorInfo(code=fatal["code"], message=fatal["message"])
         first = problems.sample[0]["message"] if problems.sample else "no records"
         return ErrorInfo(code="NO_VALID_RECORDS", message=f"none of the records could be used ({problems.count} problems; first: {first})")
     if problems.count and job.options.on_bad_record == OnBadRecord.FAIL:
@@ -146,7 +170,10 @@ def _prepare(ctx: Context, job: Job) -> ErrorInfo | None:
     return None
 
 
-def _cancel_created(ctx: Context, job: Job) -> None:
-    for shard in job.shards:
-        if shard.batch_name:
-            stop_batch(ctx, shard.batch_name)
+def _open_to_queue(ctx: Context, job: Job) -> None:
+    """Shards staged held (on_bad_record=fail) join their ledger's queue now that the file read clean."""
+    if job.options.on_bad_record != OnBadRecord.FAIL:
+        return
+    for shard in ctx.jobs.shards(job.job_id, states=[ShardState.STAGED.value]):
+        if not shard.ledger:
+            ctx.jobs.update_shard(job.job_id, shard.index, lambda s: setattr(s, "ledger", job.ledger))

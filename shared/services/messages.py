@@ -1,0 +1,86 @@
+"""The internal messages between the functions (Pub/Sub, at least once), one sender each.
+
+    STAGE_TOPIC     {"job_id"}                   stage (the rest of) a job's input       -> `stage`
+                    {"source": {...}}            submit an object whose event was lost    -> `stage`
+    COMPLETE_TOPIC  {"job_id", "shard"}          write one shard's results                -> `complete`
+                    {"job_id"}                   finish a job whose shards are all final  -> `complete`
+    POLL_TOPIC      {"shards": [snapshot...]}    refresh due shards                       -> `poll_worker`
+                    {"jobs": [snapshot...]}      look after due jobs                      -> `poll_worker`
+                    {"create": [[job_id, shard]...]}  create admitted shards' batches     -> `poll_worker`
+
+A snapshot is the document as the poller's query read it, with its revision: the worker writes over that
+revision only (so each due document is read once). Every receiver is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from shared.domain.jobs import Job, Shard, SourceObject
+from shared.services.context import Context
+
+__all__ = ["create_batches", "finish_job", "poll_jobs", "poll_shards", "snapshot_of", "stage_job", "stage_object",
+           "write_shard", "from_snapshot"]
+
+
+def _send(ctx: Context, topic: str, payload: dict[str, Any], job_id: str | None = None) -> None:
+    attributes = {"job_id": job_id} if job_id else {}
+    ctx.publisher.publish(topic, json.dumps(payload, separators=(",", ":"), default=str).encode(), attributes)
+
+
+def stage_job(ctx: Context, job_id: str) -> None:
+    _send(ctx, ctx.settings.stage_topic, {"job_id": job_id}, job_id)
+
+
+def stage_object(ctx: Context, source: SourceObject) -> None:
+    _send(ctx, ctx.settings.stage_topic, {"source": source.model_dump(mode="json")})
+
+
+def write_shard(ctx: Context, job_id: str, index: int) -> None:
+    _send(ctx, ctx.settings.complete_topic, {"job_id": job_id, "shard": index}, job_id)
+
+
+def finish_job(ctx: Context, job_id: str) -> None:
+    _send(ctx, ctx.settings.complete_topic, {"job_id": job_id}, job_id)
+
+
+def snapshot_of(doc: Job | Shard) -> dict[str, Any]:
+    return {"doc": doc.model_dump(mode="json"), "revision": doc._revision}
+
+
+def from_snapshot(kind: type[Job] | type[Shard], snapshot: dict[str, Any]) -> Job | Shard:
+    doc = kind.model_validate(snapshot["doc"])
+    doc._revision = snapshot.get("revision")
+    return doc
+
+
+def _groups(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), max(size, 1)):
+        yield items[start:start + size]
+
+
+def poll_shards(ctx: Context, shards: Sequence[Shard]) -> int:
+    """Fan the due shards out to poll workers, a group per message; returns the messages sent."""
+    sent = 0
+    for group in _groups(shards, ctx.settings.poll_group_size):
+        _send(ctx, ctx.settings.poll_topic, {"shards": [snapshot_of(s) for s in group]})
+        sent += 1
+    return sent
+
+
+def poll_jobs(ctx: Context, jobs: Sequence[Job]) -> int:
+    sent = 0
+    for group in _groups(jobs, ctx.settings.poll_group_size):
+        _send(ctx, ctx.settings.poll_topic, {"jobs": [snapshot_of(j) for j in group]})
+        sent += 1
+    return sent
+
+
+def create_batches(ctx: Context, shards: Sequence[tuple[str, int]]) -> int:
+    sent = 0
+    for group in _groups(shards, ctx.settings.poll_group_size):
+        _send(ctx, ctx.settings.poll_topic, {"create": [list(s) for s in group]})
+        sent += 1
+    return sent

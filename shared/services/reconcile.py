@@ -1,0 +1,111 @@
+"""Reconciliation: what no event will ever fix, found and fixed by the poller's tick, at a bounded cost.
+
+- Capacity held by nobody (`reconcile_ledger`): a worker that died between reserving capacity and moving
+  its shard, or between moving a shard and releasing, leaves a hold no one will release. Holds older than a
+  lease are checked against their shard's state (a few per tick): what the shard no longer needs is freed.
+  Holds of files the provider keeps are freed when those files expire.
+- Uploads without a job (`reconcile_inputs`): a finalize event can be lost to a burst (retries used up,
+  dead-lettered). Each tick lists one page of the input prefix, resuming after the last name seen (the
+  listing wraps around the bucket over many ticks), and submits every object uploaded between
+  `reconcile_horizon_hours` and `reconcile_grace_minutes` ago that has no job: job ids are computed from the
+  objects, and one batched read tells which exist. Cost per tick: one listing page and one read per recent
+  object on it; nothing for older objects.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared.domain.jobs import (
+    SHARD_HOLDS_TOKENS,
+    SHARD_PROVIDER_ENDED,
+    Shard,
+    ShardState,
+    SourceObject,
+    job_id_for,
+)
+from shared.domain.ledger import Hold, Ledger
+from shared.logging import get_logger
+from shared.services import messages
+from shared.services.context import Context
+
+__all__ = ["reconcile_inputs", "reconcile_ledger"]
+
+log = get_logger(__name__)
+
+#: Holds checked per ledger per tick at most (each costs one shard read).
+_CHECKS_PER_TICK = 20
+RESULTS_KEPT = timedelta(hours=48)
+_MARKER = "reconcile_inputs"
+
+
+def reconcile_ledger(ctx: Context, key: str) -> int:
+    """Free capacity that no shard needs any more; returns how many holds were freed or shortened."""
+    ledger = ctx.ledgers.get(key)
+    if ledger is None:
+        return 0
+    now = ctx.clock()
+    stale = now - timedelta(seconds=ctx.settings.lease_seconds)
+    suspects = [h for h in ledger.holds.values() if h.since <= stale and h.expires_at is None][:_CHECKS_PER_TICK]
+    verdicts = {(h.job_id, h.shard): _verdict(h, ctx.jobs.get_shard(h.job_id, h.shard)) for h in suspects}
+    expiring = any(h.expires_at is not None and h.expires_at <= now for h in ledger.holds.values())
+    if not expiring and not any(v != "keep" for v in verdicts.values()):
+        return 0
+
+    def fix(stored: Ledger) -> int:
+        fixed = stored.expire(now)
+        for (job_id, index), verdict in verdicts.items():
+            if verdict == "release":
+                stored.release(job_id, index, now)
+            elif verdict == "batch_ended":
+                stored.batch_ended(job_id, index, now)
+            elif verdict == "files_expire":
+                stored.files_kept_until(job_id, index, now + RESULTS_KEPT, now)
+            fixed += verdict != "keep"
+        return fixed
+
+    _, fixed = ctx.ledgers.update(key, fix)
+    if fixed:
+        log.warning("reclaimed capacity held by nobody", ledger=key, holds=fixed)
+    return fixed
+
+
+def _verdict(hold: Hold, shard: Shard | None) -> str:
+    if shard is None or not shard.reserved or shard.state in (ShardState.STAGED, ShardState.ABANDONED,
+                                                              ShardState.SPLIT) or shard.state in SHARD_PROVIDER_ENDED:
+        return "release"
+    if shard.state in SHARD_HOLDS_TOKENS:
+        return "keep"
+    if shard.state == ShardState.SUCCEEDED:
+        return "batch_ended" if hold.tokens or hold.batch else "keep"
+    return "files_expire"  # WRITTEN: the provider may keep its results until they expire
+
+
+def reconcile_inputs(ctx: Context) -> int:
+    """Submit recent uploads that have no job (see the module docstring); returns how many."""
+    settings = ctx.settings
+    now = ctx.clock()
+    marker = ctx.jobs.marker(_MARKER)
+    prefix = f"gs://{settings.input_bucket}/{settings.input_prefix}"
+    page = list(ctx.blobs.list(prefix, start_after=marker.get("after"), limit=settings.reconcile_max_objects))
+    newest = now - timedelta(minutes=settings.reconcile_grace_minutes)
+    oldest = now - timedelta(hours=settings.reconcile_horizon_hours)
+    candidates = {}
+    for blob in page:
+        name = blob.uri[len(f"gs://{settings.input_bucket}/"):]
+        if blob.updated is None or not oldest <= blob.updated <= newest or name.endswith("/") or blob.generation is None:
+            continue
+        candidates[job_id_for(settings.input_bucket, name, blob.generation)] = (name, blob)
+    missing = set(candidates) - ctx.jobs.exist(list(candidates)) if candidates else set()
+    for job_id in sorted(missing):
+        name, blob = candidates[job_id]
+        log.warning("an upload has no job: submitting it", source=blob.uri, generation=blob.generation)
+        messages.stage_object(ctx, SourceObject(
+            bucket=settings.input_bucket, name=name, generation=blob.generation, size=blob.size,
+            content_type=blob.content_type, content_encoding=blob.content_encoding, metadata=blob.metadata,
+        ))
+    full = len(page) >= settings.reconcile_max_objects
+    after = page[-1].uri[len(f"gs://{settings.input_bucket}/"):] if full and page else None
+    if after != marker.get("after"):
+        ctx.jobs.set_marker(_MARKER, {"after": after})
+    return len(missing)
