@@ -6,26 +6,45 @@ from functools import lru_cache
 
 from shared.config import Settings, get_settings
 from shared.logging import configure_logging, register_secret
+from shared.ports import BatchProvider
 from shared.services.context import Context
 
 __all__ = ["build_context", "context", "setup_logging"]
 
 
+def build_providers(settings: Settings) -> dict[str, BatchProvider]:
+    """The providers `settings` enable (`PROVIDER`, and any in `PROVIDERS`), each built once."""
+    providers: dict[str, BatchProvider] = {}
+    for name in settings.enabled_providers():
+        if name == "gemini":
+            from shared.adapters.gemini_provider import GeminiBatchProvider
+            from shared.gemini import GeminiClient
+
+            providers[name] = GeminiBatchProvider(GeminiClient.from_settings(settings))
+        elif name == "vertex":
+            from shared.adapters.vertex_provider import VertexBatchProvider
+
+            providers[name] = VertexBatchProvider.from_settings(settings)
+        else:
+            raise ValueError(f"unknown provider {name!r} in PROVIDER/PROVIDERS: use gemini or vertex")
+    return providers
+
+
 def build_context(settings: Settings) -> Context:
-    """A context over Firestore, Cloud Storage, Pub/Sub and the Gemini API, as `settings` say."""
+    """A context over Firestore, Cloud Storage, Pub/Sub and the providers, as `settings` say."""
     from google.cloud import firestore, pubsub_v1, storage
 
-    from shared.adapters.firestore_jobs import FirestoreJobRepository
+    from shared.adapters.firestore_jobs import FirestoreJobRepository, FirestoreLedgerRepository
     from shared.adapters.gcs_blobs import GcsBlobStore
-    from shared.adapters.gemini_provider import GeminiBatchProvider
     from shared.adapters.pubsub_publisher import PubSubPublisher
-    from shared.gemini import GeminiClient
 
     project = settings.google_cloud_project
+    db = firestore.Client(project=project)
     return Context(
-        jobs=FirestoreJobRepository(firestore.Client(project=project), settings.jobs_collection),
+        jobs=FirestoreJobRepository(db, settings.jobs_collection),
+        ledgers=FirestoreLedgerRepository(db, settings.ledgers_collection),
         blobs=GcsBlobStore(storage.Client(project=project)),
-        provider=GeminiBatchProvider(GeminiClient.from_settings(settings)),
+        providers=build_providers(settings),
         publisher=PubSubPublisher(pubsub_v1.PublisherClient(), project),
         settings=settings,
     )

@@ -20,7 +20,7 @@ from shared.domain.jobs import SourceObject
 from shared.errors import PermanentError, TransientError
 from shared.logging import bind, get_logger, trace_from_header
 
-__all__ = ["PoisonEvent", "handle_event", "pubsub_payload", "storage_object"]
+__all__ = ["PoisonEvent", "complete_request", "handle_event", "pubsub_payload", "stage_request", "storage_object"]
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -65,6 +65,29 @@ def pubsub_payload(data: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise PoisonEvent("Pub/Sub message is not a JSON object")
     return payload
+
+
+def stage_request(payload: dict[str, Any]) -> tuple[str | None, SourceObject | None]:
+    """A stage message: a job to stage on, or an object to submit (`shared.services.messages`)."""
+    if "source" in payload:
+        try:
+            return None, SourceObject.model_validate(payload["source"])
+        except ValidationError as exc:
+            raise PoisonEvent(f"stage message has no valid source ({exc.error_count()} errors)") from None
+    job_id = payload.get("job_id")
+    if not isinstance(job_id, str) or not job_id:
+        raise PoisonEvent("stage message has neither job_id nor source")
+    return job_id, None
+
+
+def complete_request(payload: dict[str, Any]) -> tuple[str, int | None]:
+    """A complete message: a job, and the shard to write (none: finish the job)."""
+    job_id, shard = payload.get("job_id"), payload.get("shard")
+    if not isinstance(job_id, str) or not job_id:
+        raise PoisonEvent("complete message has no job_id")
+    if shard is not None and (isinstance(shard, bool) or not isinstance(shard, int) or shard < 0):
+        raise PoisonEvent(f"complete message has an invalid shard {shard!r}")
+    return job_id, shard
 
 
 def handle_event(event_id: str | None, trace_header: str | None, work: Callable[[], T]) -> T | None:

@@ -157,7 +157,7 @@ class LedgerRepository(abc.ABC):
         `JobRepository.update`)."""
 
     @abc.abstractmethod
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         """Every ledger's key (one per provider and model used)."""
 
 

@@ -292,7 +292,7 @@ class FakeLedgerRepository(LedgerRepository):
             self.docs[key] = ledger.model_dump_json()
             return ledger, result
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         with self._lock:
             return sorted(self.docs)
 
@@ -461,6 +461,8 @@ class FakeBatchProvider(BatchProvider):
             self._count("create")
             if self.create_errors:
                 raise self.create_errors.pop(0)
+            if input_ref not in self.files:
+                raise PermanentError(f"400 INVALID_ARGUMENT: file {input_ref} not found")
             items = self.files[input_ref]
             tokens = self.tokens_of(items)
             held = sum(b["tokens"] for b in self.active())

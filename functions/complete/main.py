@@ -1,24 +1,18 @@
-"""complete: a job handed over by the poller (Pub/Sub) -> normalised embeddings, manifest, one event."""
+"""complete: a message on the complete topic -> one shard's results written, or a finished job's files
+and its one event."""
 
 import functions_framework
 from cloudevents.http import CloudEvent
 
 from shared.bootstrap import context
-from shared.entrypoints import PoisonEvent, handle_event, pubsub_payload
-from shared.services.complete import complete_job
-
-
-def _job_id(event: CloudEvent) -> str:
-    job_id = pubsub_payload(event.get_data()).get("job_id")
-    if not isinstance(job_id, str) or not job_id:
-        raise PoisonEvent("complete message has no job_id")
-    return job_id
+from shared.entrypoints import complete_request, handle_event, pubsub_payload
+from shared.services.complete import complete_message
 
 
 @functions_framework.cloud_event
 def complete(event: CloudEvent) -> None:
     def work():
-        job_id = _job_id(event)  # a poison event is dropped before any client is built
-        return complete_job(context().for_invocation(), job_id)
+        job_id, shard = complete_request(pubsub_payload(event.get_data()))  # poison: dropped before any client
+        return complete_message(context().for_invocation(), job_id, shard)
 
     handle_event(event.get("id"), event.get("traceparent"), work)

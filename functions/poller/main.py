@@ -1,13 +1,16 @@
-"""poller: Cloud Scheduler's tick (HTTP, OIDC) -> every due job moved one step; a JSON summary back."""
+"""poller: Cloud Scheduler's tick (HTTP, OIDC) -> due work fanned out, waiting work admitted; a summary.
+poll_worker: a message on the poll topic -> each due shard or job in it moved one step."""
 
 import flask
 import functions_framework
+from cloudevents.http import CloudEvent
 
 from shared.auth import AuthError, authorize
 from shared.bootstrap import context, setup_logging
 from shared.config import get_settings
+from shared.entrypoints import handle_event, pubsub_payload
 from shared.logging import bind, trace_from_header
-from shared.services.poll import poll_due_jobs
+from shared.services.poll import poll_work, tick
 
 
 @functions_framework.http
@@ -20,4 +23,13 @@ def poller(request: flask.Request):
     if request.method != "POST":
         return {"error": "use POST"}, 405
     with bind(trace=trace_from_header(request.headers.get("X-Cloud-Trace-Context"))):
-        return poll_due_jobs(context()).to_dict(), 200
+        return tick(context().for_invocation()).to_dict(), 200
+
+
+@functions_framework.cloud_event
+def poll_worker(event: CloudEvent) -> None:
+    def work():
+        payload = pubsub_payload(event.get_data())  # a poison event is dropped before any client is built
+        return poll_work(context().for_invocation(), payload)
+
+    handle_event(event.get("id"), event.get("traceparent"), work)

@@ -436,7 +436,7 @@ class Shard(BaseModel):
     priority: int = 0
     fair_key: float = 0.0
     reserved: bool = False  # holds capacity in the ledger (tokens while a batch may exist, files until written)
-    batch_attempts: int = 0  # batches created for this shard
+    batch_attempts: int = 1  # the attempt its current (or next) batch is: 1, then 2 after a retry, ...
     batch_name: str | None = None
     input_ref: str | None = None  # the provider's handle of the uploaded input (file name, gs:// URI)
     create_started_at: datetime | None = None

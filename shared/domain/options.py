@@ -141,7 +141,13 @@ def options_from_metadata(
         key = _ALIASES.get(raw_key.strip().lower(), raw_key.strip().lower())
         if key not in values:
             continue
-        values[key] = _coerce(key, raw_value)
+        try:
+            values[key] = _coerce(key, raw_value)
+        except OptionError as exc:
+            if key == "output_dimensionality" and capabilities is not None:  # name the model's own range
+                chosen = capabilities(values["provider"], values["model"])
+                raise OptionError(key, raw_value, chosen.dimensions_text()) from None
+            raise exc from None
     try:
         options = JobOptions(**values)
     except ValidationError as exc:  # pydantic wraps a validator's OptionError: unwrapped below

@@ -26,14 +26,6 @@ import httpx
 import orjson
 from pydantic import ValidationError
 
-from shared.domain.options import (
-    DEFAULT_MODEL,
-    MAX_DIMENSIONS,
-    MIN_DIMENSIONS,
-    OptionError,
-    TaskType,
-    model_resource,
-)
 from shared.gemini.errors import (
     AwaitTimeoutError,
     BatchNotCompleteError,
@@ -45,6 +37,9 @@ from shared.gemini.errors import (
     redact,
 )
 from shared.gemini.models import (
+    DEFAULT_MODEL,
+    MAX_DIMENSIONS,
+    MIN_DIMENSIONS,
     BatchItemResult,
     BatchPage,
     BatchState,
@@ -52,6 +47,8 @@ from shared.gemini.models import (
     EmbeddingBatch,
     File,
     ResultFormatError,
+    TaskType,
+    model_resource,
     parse_result,
 )
 from shared.gemini.polling import poll_interval_for, timeout_for
@@ -60,6 +57,7 @@ from shared.gemini.retry import (
     RetryPolicy,
     is_retryable,
     may_retry_create,
+    may_retry_create_unsent,
     parse_duration,
     parse_retry_after,
     retry_call,
@@ -158,7 +156,6 @@ class GeminiClient:
             "base_url": settings.gemini_api_base_url,
             "timeout": settings.gemini_timeout_seconds,
             "max_retries": settings.gemini_max_retries,
-            "inline_limit_bytes": settings.inline_max_bytes,
         }
         options.update(overrides)
         return cls(settings.gemini_api_key.get_secret_value(), **options)
@@ -215,12 +212,14 @@ class GeminiClient:
         priority: int = 0,
         inline_requests: list[dict[str, Any]] | None = None,
         file_name: str | None = None,
+        retry_quota: bool = True,
     ) -> EmbeddingBatch:
         """Create a batch from `{"key", "request"}` dicts or from an uploaded JSONL file.
 
-        Not idempotent: the same call twice makes two batches. Retried only on HTTP 429 and on
-        connection failures before sending; any other failure raises, and the caller recovers the batch
-        by its display name if the call may have reached the server.
+        Not idempotent: the same call twice makes two batches. Retried only on HTTP 429 (unless
+        `retry_quota` is False: the caller waits for capacity its own way) and on connection failures
+        before sending; any other failure raises, and the caller recovers the batch by its display name
+        if the call may have reached the server.
         """
         display_name = _check_display_name(display_name)
         if (inline_requests is None) == (file_name is None):
@@ -231,7 +230,8 @@ class GeminiClient:
             }
         else:
             input_config = {"fileName": _resource_name("files", file_name or "")}
-        return self._post_create(_model_path(model), _create_body(display_name, input_config, priority))
+        return self._post_create(_model_path(model), _create_body(display_name, input_config, priority),
+                                 retry_if=may_retry_create if retry_quota else may_retry_create_unsent)
 
     def get_batch(self, name: str) -> EmbeddingBatch:
         return self._batch_from(self._request("GET", f"{API_VERSION}/{_resource_name('batches', name)}"))
@@ -469,11 +469,10 @@ class GeminiClient:
 
     # -- plumbing -----------------------------------------------------------------------------------
 
-    def _post_create(self, model_path: str, body: dict[str, Any]) -> EmbeddingBatch:
+    def _post_create(self, model_path: str, body: dict[str, Any],
+                     retry_if: Callable[[GeminiError], bool] = may_retry_create) -> EmbeddingBatch:
         path = f"{API_VERSION}/{model_path}:asyncBatchEmbedContent"
-        response = self._request(
-            "POST", path, content=_dumps(body), headers=_JSON_HEADERS, retry_if=may_retry_create
-        )
+        response = self._request("POST", path, content=_dumps(body), headers=_JSON_HEADERS, retry_if=retry_if)
         return self._batch_from(response)
 
     def _upload_requests(self, requests: list[dict[str, Any]], display_name: str) -> File:
@@ -734,7 +733,7 @@ def _check_options(
     if task_type is not None:
         try:
             task = TaskType.parse(task_type)
-        except OptionError as exc:
+        except ValueError as exc:
             raise InvalidArgumentError(str(exc)) from None
     if output_dimensionality is not None and (
         isinstance(output_dimensionality, bool)

@@ -1,15 +1,13 @@
-"""The Gemini client's errors, one tree plugged into the pipeline's (`shared.errors`)::
+"""The Gemini client's errors, one tree of its own (the client stands alone; the pipeline's adapter,
+`shared.adapters.gemini_provider`, maps it into the pipeline's tree in one place)::
 
-    PipelineError
-     +-- GeminiError                      status_code, status, message, request_id, retry_after
-          +-- RetryableGeminiError        (also TransientError) HTTP 408, 429, 500, 502, 503, 504,
-          |    |                          timeouts, connection errors
-          |    +-- AwaitTimeoutError      await_completion stopped waiting; the batch itself runs on
-          +-- PermanentGeminiError        (also PermanentError) any other HTTP error, an answer the
-               |                          client cannot read
-               +-- InvalidArgumentError   (also InputError, ValueError) rejected before any request
-               +-- GeminiNotFoundError    (also NotFound) HTTP 404
-               +-- BatchNotCompleteError  results asked of a batch that has not SUCCEEDED
+    GeminiError                           status_code, status, message, request_id, retry_after
+     +-- RetryableGeminiError             HTTP 408, 429, 500, 502, 503, 504, timeouts, connection errors
+     |    +-- AwaitTimeoutError           await_completion stopped waiting; the batch itself runs on
+     +-- PermanentGeminiError             any other HTTP error, an answer the client cannot read
+          +-- InvalidArgumentError        (also ValueError) rejected before any request
+          +-- GeminiNotFoundError         HTTP 404
+          +-- BatchNotCompleteError       results asked of a batch that has not SUCCEEDED
 
 Guarantee: no message, `str()` or `repr()` of these errors contains an API key. The client scrubs its
 own key from every text it puts in an error, and every error scrubs `key=...` query parameters, so a URL
@@ -20,8 +18,6 @@ from __future__ import annotations
 
 import re
 from typing import Any
-
-from shared.errors import InputError, NotFound, PermanentError, PipelineError, TransientError
 
 __all__ = [
     "AwaitTimeoutError",
@@ -46,7 +42,7 @@ def redact(text: str, *secrets: str | None) -> str:
     return _KEY_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
 
 
-class GeminiError(PipelineError):
+class GeminiError(Exception):
     """An error of the Gemini API or of the way to it.
 
     `message` is the API's own message (or the client's, when there was no answer); `status_code` the
@@ -71,7 +67,10 @@ class GeminiError(PipelineError):
         reached_server: bool | None = None,
     ):
         message = redact(message)
-        super().__init__(message, code=status)
+        super().__init__(message)
+        self.message = message
+        if status:
+            self.code = status
         self.status_code = status_code
         self.status = status
         self.request_id = request_id
@@ -96,15 +95,15 @@ class GeminiError(PipelineError):
         )
 
 
-class RetryableGeminiError(GeminiError, TransientError):
+class RetryableGeminiError(GeminiError):
     code = "UNAVAILABLE"
 
 
-class PermanentGeminiError(GeminiError, PermanentError):
+class PermanentGeminiError(GeminiError):
     code = "FAILED_PRECONDITION"
 
 
-class InvalidArgumentError(PermanentGeminiError, InputError, ValueError):
+class InvalidArgumentError(PermanentGeminiError, ValueError):
     """An argument the client refuses before sending anything; the message names it."""
 
     code = "INVALID_ARGUMENT"
@@ -113,7 +112,7 @@ class InvalidArgumentError(PermanentGeminiError, InputError, ValueError):
         super().__init__(message, status="INVALID_ARGUMENT")
 
 
-class GeminiNotFoundError(PermanentGeminiError, NotFound):
+class GeminiNotFoundError(PermanentGeminiError):
     code = "NOT_FOUND"
 
 

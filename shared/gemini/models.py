@@ -16,9 +16,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation
 from pydantic.alias_generators import to_camel
 
-from shared.domain.options import TaskType
-
 __all__ = [
+    "DEFAULT_MODEL",
+    "MAX_DIMENSIONS",
+    "MAX_INPUT_TOKENS",
+    "MIN_DIMENSIONS",
+    "TaskType",
+    "model_resource",
     "BatchItemResult",
     "BatchPage",
     "BatchState",
@@ -32,6 +36,44 @@ __all__ = [
     "Status",
     "parse_result",
 ]
+
+DEFAULT_MODEL = "gemini-embedding-001"
+#: gemini-embedding-001's output sizes and input limit (tokens of one input).
+MIN_DIMENSIONS = 128
+MAX_DIMENSIONS = 3072
+MAX_INPUT_TOKENS = 2048
+
+
+def model_resource(model: str) -> str:
+    """The API's resource name of a model: `models/NAME`, whether given as `NAME` or already so."""
+    return model if "/" in model else f"models/{model}"
+
+
+class TaskType(StrEnum):
+    """The Gemini API's TaskType values, as the wire spells them."""
+
+    TASK_TYPE_UNSPECIFIED = "TASK_TYPE_UNSPECIFIED"
+    RETRIEVAL_QUERY = "RETRIEVAL_QUERY"
+    RETRIEVAL_DOCUMENT = "RETRIEVAL_DOCUMENT"
+    SEMANTIC_SIMILARITY = "SEMANTIC_SIMILARITY"
+    CLASSIFICATION = "CLASSIFICATION"
+    CLUSTERING = "CLUSTERING"
+    QUESTION_ANSWERING = "QUESTION_ANSWERING"
+    FACT_VERIFICATION = "FACT_VERIFICATION"
+    CODE_RETRIEVAL_QUERY = "CODE_RETRIEVAL_QUERY"
+
+    @classmethod
+    def parse(cls, value: str | TaskType) -> TaskType:
+        """Accepts the wire name in any case, with or without dashes (`retrieval-document`); raises
+        ValueError naming the allowed values otherwise."""
+        if isinstance(value, TaskType):
+            return value
+        normalised = str(value).strip().upper().replace("-", "_")
+        try:
+            return cls(normalised)
+        except ValueError:
+            raise ValueError(f"invalid task_type {value!r}: allowed values are {', '.join(t.value for t in cls)}") from None
+
 
 
 class _Wire(BaseModel):

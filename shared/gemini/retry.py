@@ -33,6 +33,7 @@ __all__ = [
     "backoff_delay",
     "is_retryable",
     "may_retry_create",
+    "may_retry_create_unsent",
     "parse_duration",
     "parse_retry_after",
     "retry_call",
@@ -77,6 +78,11 @@ def may_retry_create(error: GeminiError) -> bool:
     return isinstance(error, RetryableGeminiError) and (
         error.status_code == 429 or error.reached_server is False
     )
+
+
+def may_retry_create_unsent(error: GeminiError) -> bool:
+    """As `may_retry_create`, but a 429 is the caller's to handle (a capacity ledger waits instead)."""
+    return isinstance(error, RetryableGeminiError) and error.reached_server is False
 
 
 def retry_call(

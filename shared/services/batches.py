@@ -17,6 +17,7 @@ deleted), and the shard's final move and the job's counters change in one transa
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from shared.domain.jobs import (
@@ -77,11 +78,9 @@ def adopt(shard: Shard, batch: ProviderBatch, now: datetime) -> None:
 
 
 def stop_batch(ctx: Context, provider: BatchProvider, name: str) -> None:
-    """Cancel a batch, best effort: a failure is logged, and the caller ends its shard or job either way."""
-    try:
-        provider.cancel_batch(name)
-    except Exception:  # noqa: BLE001 - best effort
-        log.warning("could not cancel batch", batch=name, exc_info=True)
+    """Cancel a batch. A failure propagates (`TransientError`): the caller has not forgotten the batch yet,
+    and its next attempt cancels it again (a finished or missing batch is no failure)."""
+    provider.cancel_batch(name)
 
 
 def resolve_by_tag(ctx: Context, provider: BatchProvider, shard: Shard, *, keep: bool) -> ProviderBatch | None:
@@ -113,16 +112,26 @@ def release_capacity(ctx: Context, shard: Shard, *, batch_only: bool = False) ->
     ctx.ledgers.update(shard.ledger, free)
 
 
-def close_shard(ctx: Context, job_id: str, index: int, move: callable, *, carried: int = 0,
-                added: list[Shard] | None = None) -> tuple[Shard | None, bool]:
+def close_shard(ctx: Context, job_id: str, index: int, move: Callable[[Job, Shard], bool | None], *,
+                carried: int = 0, added: list[Shard] | None = None, owner: str | None = None,
+                states: Iterable[ShardState] | None = None) -> tuple[Shard | None, bool]:
     """In one transaction: apply `move` (which makes the shard final, or returns False to leave it) and count
     it on the job. Returns the stored shard and whether this left the job with nothing open (COMPLETING):
-    the caller then finishes the job. `added` shards (a follow-up, split halves) are created with it."""
+    the caller then finishes the job. `added` shards (a follow-up, split halves) are created with it.
+
+    Fenced: with `owner`, the stored shard must still be under that worker's lease (else `LeaseLost`); with
+    `states`, it must still be in one of them (else nothing happens): a worker acting on a stale view of a
+    shard never moves it."""
     now = ctx.clock()
+    allowed = frozenset(states) if states is not None else None
 
     def change(tx: JobTx) -> bool:
         shard = tx.shards[index]
-        if shard is None or shard.final or move(tx.job, shard) is False:
+        if shard is None or shard.final or (allowed is not None and shard.state not in allowed):
+            return False
+        if owner is not None and shard.lease_owner != owner:
+            raise LeaseLost(f"shard {job_id}/{index} was taken over by another worker")
+        if move(tx.job, shard) is False:
             return False
         for child in added or ():
             child.index = tx.job.allocate_shard()
@@ -133,15 +142,20 @@ def close_shard(ctx: Context, job_id: str, index: int, move: callable, *, carrie
     return tx.shards[index], last
 
 
-def abandon_shard(ctx: Context, shard: Shard, error: ErrorInfo) -> bool:
-    """Abandon a shard (any open state) with its counters, then free what it holds. True when the job is
-    left with nothing open."""
+def abandon_shard(ctx: Context, shard: Shard, error: ErrorInfo, *, owner: str | None = None,
+                  states: Iterable[ShardState] | None = None, batch: str | None = None) -> bool:
+    """Abandon a shard with its counters (fenced as `close_shard`), then free what it holds. True when the
+    job is left with nothing open. `batch`: the batch found for it, recorded on it (adopted, not read)."""
     now = ctx.clock()
 
     def move(job: Job, stored: Shard) -> None:
         stored.abandon(error, now)
+        if batch is not None:
+            stored.batch_name = batch
 
-    _, last = close_shard(ctx, shard.job_id, shard.index, move)
+    stored, last = close_shard(ctx, shard.job_id, shard.index, move, owner=owner, states=states)
+    if stored is None or stored.state != ShardState.ABANDONED:
+        return False
     if shard.input_ref:
         _delete_input(ctx, shard)
     release_capacity(ctx, shard)
@@ -192,9 +206,10 @@ def create_batch_for(ctx: Context, job_id: str, index: int) -> str:
             _quietly_save(ctx, shard)
             raise
         except PermanentError as exc:
-            shard.create_started_at = None
-            save_shard(ctx, shard)
-            abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"the provider refused the batch: {exc.message}"))
+            last = abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"the provider refused the batch: {exc.message}"),
+                                 owner=ctx.owner, states=[ShardState.CREATING])
+            if last:
+                messages.finish_job(ctx, job_id)
             return "refused_permanently"
         return _record(ctx, provider, job, shard, batch, "created")
 
@@ -218,7 +233,11 @@ def _record(ctx: Context, provider: BatchProvider, job: Job, shard: Shard, batch
         if stored is None or stored.batch_name != batch.name:
             log.warning("lost the shard after creating its batch: cancelling the batch", shard=shard.index,
                         batch=batch.name)
-            stop_batch(ctx, provider, batch.name)
+            try:
+                stop_batch(ctx, provider, batch.name)
+            except TransientError:  # whoever holds the shard now looks for strays by its tag at the end
+                ctx.jobs.update_shard(shard.job_id, shard.index, lambda s: setattr(s, "uncertain_create", True))
+                raise
         raise
     ctx.ledgers.update(shard.ledger, lambda ledger: ledger.created(now))
     if job.first_admitted_at is None:
@@ -259,17 +278,19 @@ def _refused(ctx: Context, shard: Shard, exc: CapacityExhausted) -> str:
 
 def _stand_down(ctx: Context, shard: Shard, job: Job | None) -> str:
     """The job ended, is cancelled or past its deadline: make sure no batch of this shard runs, then
-    abandon it."""
+    abandon it (naming the batch a lost answer made, if any)."""
     provider = provider_of(ctx, shard)
+    batch = None
     if shard.create_started_at is not None:
-        resolve_by_tag(ctx, provider, shard, keep=False)
-    reason = "the job was cancelled" if job is not None and job.cancel_requested else "the job ended"
-    if job is not None and job.active and job.past_deadline(ctx.clock()):
-        reason = "the job passed its deadline"
-    code = "CANCELLED" if job is not None and job.cancel_requested else "DEADLINE_EXCEEDED"
-    shard_copy = shard.model_copy()
-    last = abandon_shard(ctx, shard_copy, ErrorInfo(code=code, message=reason))
-    if last:
+        found = resolve_by_tag(ctx, provider, shard, keep=True)
+        if found is not None:
+            batch = found.name
+            if not found.terminal:
+                stop_batch(ctx, provider, found.name)
+    cancelled = job is not None and job.cancel_requested
+    error = ErrorInfo(code="CANCELLED", message="the job was cancelled") if cancelled else \
+        ErrorInfo(code="DEADLINE_EXCEEDED", message="the job ended or passed its deadline")
+    if abandon_shard(ctx, shard, error, owner=ctx.owner, states=[ShardState.CREATING], batch=batch):
         messages.finish_job(ctx, shard.job_id)
     return "stood_down"
 

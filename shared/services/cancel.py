@@ -18,9 +18,13 @@ from shared.domain.jobs import FINAL_SHARD_STATES, SHARD_IN_FLIGHT, ErrorInfo, J
 from shared.services.batches import abandon_shard, provider_of, resolve_by_tag, stop_batch
 from shared.services.context import Context
 from shared.services.finish import end_job
+from shared.errors import TransientError
+from shared.logging import get_logger
 from shared.services.leasing import LeaseHeld, leased, save
 
 __all__ = ["CancelResult", "cancel_held", "cancel_job", "stop_shards"]
+
+log = get_logger(__name__)
 
 _OPEN_STATES = [s.value for s in ShardState if s not in FINAL_SHARD_STATES]
 
@@ -50,9 +54,12 @@ def cancel_job(ctx: Context, job_id: str) -> CancelResult:
         with leased(ctx, job_id) as held:
             if held.terminal:
                 return CancelResult(job_id, held.state.value, held.state == JobState.CANCELLED, f"the job ended {held.state.value}")
-            if not cancel_held(ctx, held):
-                return CancelResult(job_id, held.state.value, False, "cancel under way: some shards are busy")
-            return CancelResult(job_id, held.state.value, True, "cancelled")
+            try:
+                if cancel_held(ctx, held):
+                    return CancelResult(job_id, held.state.value, True, "cancelled")
+            except TransientError:
+                log.warning("cancel under way: a step failed and will be retried", job_id=job_id, exc_info=True)
+            return CancelResult(job_id, held.state.value, False, "cancel under way: the poller finishes it shortly")
     except LeaseHeld:
         return CancelResult(job_id, job.state.value, False, "cancel requested: the job is busy and will be cancelled shortly")
 
@@ -74,17 +81,21 @@ def stop_shards(ctx: Context, job: Job, error: ErrorInfo) -> bool:
     """Resolve and abandon every open shard of `job` (see the module docstring). True when none is left
     open; False when one was under another worker's lease, or the time budget ran out."""
     now = ctx.clock()
-    done = True
     for shard in ctx.jobs.shards(job.job_id, states=_OPEN_STATES):
         if ctx.elapsed() > ctx.settings.stage_budget_seconds:
             return False
         if shard.leased_by_other(ctx.owner, now):
-            done = False
             continue
         provider = provider_of(ctx, shard)
+        batch = shard.batch_name
         if shard.state == ShardState.CREATING and shard.create_started_at is not None:
-            resolve_by_tag(ctx, provider, shard, keep=False)
-        if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
-            stop_batch(ctx, provider, shard.batch_name)
-        abandon_shard(ctx, shard, error)
-    return done
+            found = resolve_by_tag(ctx, provider, shard, keep=True)  # the others are cancelled
+            batch = found.name if found is not None else None
+            if found is not None and not found.terminal:
+                stop_batch(ctx, provider, found.name)
+        elif shard.state in SHARD_IN_FLIGHT and batch:
+            stop_batch(ctx, provider, batch)
+        # the batch it made, whatever became of it, stays named on the shard; moved meanwhile: next pass
+        abandon_shard(ctx, shard, error, states=[shard.state], batch=batch)
+    stored = ctx.jobs.get(job.job_id)
+    return stored is not None and stored.open_shards == 0

@@ -63,7 +63,8 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
             output = write_shard_output(ctx, paths_of(ctx, job), shard, job.options.output_dimensionality)
         except PermanentError as exc:
             log.error(f"results of shard {index} are unreadable: {exc.message}", shard=index, code=exc.code)
-            last = abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"results unreadable: {exc.message}"))
+            last = abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"results unreadable: {exc.message}"),
+                                 owner=ctx.owner, states=[ShardState.SUCCEEDED])
             return _finish(ctx, job_id, last, "abandoned")
         follow_up = _follow_up(ctx, job, shard, output.failed, output.failed_items_uri)
         now = ctx.clock()

@@ -10,7 +10,7 @@ the lease (a cancel request, counters moved by a closing shard, a poll time) sta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -141,10 +141,8 @@ def _clear(ctx: Context, doc: Job | Shard) -> None:
 
 def _quietly(release: Callable[[], Any]) -> None:
     """Release a lease if the store lets us now; otherwise it lapses on its own."""
-    try:
+    with suppress(TransientError):
         release()
-    except TransientError:
-        pass
 
 
 # -- shards ----------------------------------------------------------------------------------------------

@@ -103,7 +103,7 @@ def tick(ctx: Context) -> PollSummary:
     jobs = ctx.jobs.due(now, settings.poll_max_jobs)
     summary.due_shards, summary.due_jobs = len(shards), len(jobs)
     summary.messages = messages.poll_shards(ctx, shards) + messages.poll_jobs(ctx, jobs)
-    for key in ctx.ledgers.keys():
+    for key in ctx.ledgers.list_keys():
         _guarded(summary, key, lambda key=key: _admit_ledger(ctx, key, summary))
     _guarded(summary, "reconcile", lambda: setattr(summary, "reconciled", reconcile_inputs(ctx)))
     summary.seconds = round(time.monotonic() - started, 3)
@@ -251,7 +251,7 @@ def _retry_or_abandon(ctx: Context, shard: Shard) -> str:
         admit(ctx, shard.ledger, inline=True)
         return "retried"
     error = shard.provider_error or ErrorInfo(code=shard.state.value, message=f"the provider ended the batch {shard.state.value}")
-    if abandon_shard(ctx, shard, error):
+    if abandon_shard(ctx, shard, error, states=[shard.state]):
         messages.finish_job(ctx, shard.job_id)
     return "abandoned"
 

@@ -115,7 +115,7 @@ def stage_input(ctx: Context, job: Job, capabilities: Capabilities, *, held: boo
                 if segment.records is not None and not bounds.fits(segment.records.totals, tokens, text_bytes,
                                                                      len(line) - text_bytes):
                     segment = _checkpoint(ctx, job, paths, segment, capabilities, held, done=False)
-                    if ctx.elapsed() > settings.stage_budget_seconds:
+                    if ctx.elapsed() >= settings.stage_budget_seconds:
                         return StageOutcome(done=False)
                 if segment.records is None:
                     segment.records = RecordsWriter(ctx, paths.input_records(segment.number))

@@ -8,6 +8,7 @@ convenience. Faults are plain functions consulted before routing.
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -77,6 +78,7 @@ class FakeGemini:
         self.streams: list[CountingStream] = []
         self.download_piece_size = 64
         self.created_at = datetime(2025, 11, 25, 12, 0, tzinfo=UTC)
+        self.list_order = "newest"  # the live order is undocumented: "oldest" and "random" are allowed too
         self._ids = 0
 
     # -- plumbing -----------------------------------------------------------------------------------
@@ -184,6 +186,10 @@ class FakeGemini:
         newest_first = sorted(
             self.batches.values(), key=lambda op: op["metadata"].get("createTime", ""), reverse=True
         )
+        if self.list_order == "oldest":
+            newest_first.reverse()
+        elif self.list_order == "random":
+            random.Random(len(newest_first)).shuffle(newest_first)
         page = newest_first[start : start + size]
         body: dict[str, Any] = {"operations": page}
         if start + size < len(newest_first):

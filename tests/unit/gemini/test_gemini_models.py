@@ -4,7 +4,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.domain.options import TaskType
 from shared.gemini.models import (
     BatchState,
     BatchStats,
@@ -13,6 +12,7 @@ from shared.gemini.models import (
     File,
     ResultFormatError,
     Status,
+    TaskType,
     parse_result,
 )
 
