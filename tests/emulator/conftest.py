@@ -17,7 +17,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.emulator.emulator_helpers import API_KEY, Receiver, RunningEmulator, start_emulator, start_receiver
+from tests.emulator.emulator_helpers import (
+    API_KEY,
+    Receiver,
+    RunningEmulator,
+    start_emulator,
+    start_receiver,
+    wait_for,
+)
 
 STACK_SECRET = "whsec_c3RhY2stc2lnbmluZy1zZWNyZXQtZm9yLXRlc3RzISE="  # base64 of 32 bytes
 STACK_QUOTAS = {"concurrent_batches": 50, "enqueued_tokens": 1_000_000}
@@ -54,7 +61,12 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture(scope="session")
 def configured(receiver: Receiver) -> Iterator[RunningEmulator]:
-    hook = {"id": "stack-hook", "uri": receiver.url, "subscribed_events": BATCH_EVENTS, "signing_secret": STACK_SECRET}
+    hook = {
+        "id": "stack-hook",
+        "uri": receiver.url,
+        "subscribed_events": BATCH_EVENTS,
+        "signing_secret": STACK_SECRET,
+    }
     env = {
         "GEMINI_EMULATOR_API_KEY": API_KEY,
         "GEMINI_EMULATOR_ENCODER": "hash",
@@ -74,7 +86,11 @@ def configured(receiver: Receiver) -> Iterator[RunningEmulator]:
 
 @pytest.fixture
 def configured_api(configured: RunningEmulator, receiver: Receiver) -> Iterator[httpx.Client]:
-    configured.admin("POST", "reset").raise_for_status()
+    configured.admin("POST", "reset").raise_for_status()  # no batches, no queued deliveries from here on
+    wait_for(
+        lambda: configured.stats()["webhookDeliveries"]["inFlight"] == 0, 30, "deliveries under way to end"
+    )
+    configured.admin("POST", "reset").raise_for_status()  # their counts too
     with receiver.lock:
         receiver.received.clear()
         receiver.failures = 0

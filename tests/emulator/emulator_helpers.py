@@ -201,6 +201,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

@@ -407,6 +407,7 @@ class Dispatcher:
             for i in range(threads)
         ]
         self._counts = {"delivered": 0, "failedAttempts": 0, "abandoned": 0}
+        self._in_flight = 0
 
     def start(self) -> None:
         for thread in self._threads:
@@ -436,7 +437,7 @@ class Dispatcher:
 
     def stats(self) -> dict[str, int]:
         with self._wake:
-            return {"queued": len(self._queue), **self._counts}
+            return {"queued": len(self._queue), "inFlight": self._in_flight, **self._counts}
 
     def _schedule(self, delivery: Delivery, due: float) -> None:
         with self._wake:
@@ -448,6 +449,7 @@ class Dispatcher:
             while not self._stopping.is_set():
                 now = time.time()
                 if self._queue and self._queue[0][0] <= now:
+                    self._in_flight += 1
                     return heapq.heappop(self._queue)[2]
                 self._wake.wait(min(self._queue[0][0] - now, 1.0) if self._queue else 1.0)
             return None
@@ -455,7 +457,11 @@ class Dispatcher:
     def _loop(self) -> None:
         with httpx.Client(trust_env=False, follow_redirects=False) as client:
             while (delivery := self._next()) is not None:
-                self._attempt(client, delivery)
+                try:
+                    self._attempt(client, delivery)
+                finally:
+                    with self._wake:
+                        self._in_flight -= 1
 
     def _attempt(self, client: httpx.Client, delivery: Delivery) -> None:
         target = self.registry.target(delivery.hook_id)
