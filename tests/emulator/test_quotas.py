@@ -170,10 +170,21 @@ def test_a_file_batch_enqueues_the_tokens_of_every_line(api, emulator):
     file = upload(api, ("\n".join([*lines, "not json", ""]) + "\n").encode())
     emulator.set_faults({"hold_queue": True})
     body = {"batch": {"displayName": "f", "inputConfig": {"fileName": file["name"]}}}
-    create(api, body)
-    assert emulator.stats()["enqueuedTokens"]["total"] == wordpieces(texts)
+    set_quotas(emulator, {"enqueued_tokens": wordpieces(texts) - 1})
+    assert_quota_429(api.post(CREATE, json=body), "Enqueued tokens")  # counted only until past the limit
     set_quotas(emulator, {"enqueued_tokens": 2 * wordpieces(texts) - 1})
+    create(api, body)
+    assert emulator.stats()["enqueuedTokens"]["total"] == wordpieces(texts)  # counted exactly at create
     assert_quota_429(api.post(CREATE, json=body), "Enqueued tokens")
+
+
+def test_without_a_limit_a_file_batch_is_counted_after_its_create(api, emulator):
+    lines = [json.dumps({"key": "a", "request": {"content": {"parts": [{"text": "hello world"}]}}})] * 3
+    file = upload(api, ("\n".join(lines) + "\n").encode())
+    emulator.set_faults({"hold_queue": True})
+    create(api, {"batch": {"displayName": "f", "inputConfig": {"fileName": file["name"]}}})
+    wait_for(lambda: emulator.stats()["enqueuedTokens"]["total"] == 6, 10, "the background count")
+    assert emulator.stats()["peakEnqueuedTokens"]["byModel"] == {FULL_MODEL: 6}
 
 
 # -- concurrent batches --------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from .schema import (
     parse_create,
     parse_embed_request,
 )
-from .store import MAX_FILE_BYTES, Batch
+from .store import MAX_FILE_BYTES, Batch, FileRecord
+from .tokens import count_chunks
 from .uploads import upload_routes
 from .web import api_version, base_url, json_response, page_size, page_token, read_json, split_verb
 from .webhook_routes import webhook_routes
@@ -67,12 +68,16 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
     async def _not_found() -> Response:
         raise ApiError(404, "Method not found.")
 
-    def prepare_create(body: object, model: str) -> tuple[CreateSpec, int]:
-        """The validated create and the tokens it enqueues (text parts and titles of all its requests)."""
+    def prepare_create(body: object, model: str) -> tuple[CreateSpec, int, FileRecord | None]:
+        """The validated create, the tokens it enqueues (text parts and titles of all its requests) and its
+        input file. Counting stops once past the model's token limit (the create is refused anyway); a
+        file batch with no limit is counted after the create, in the background (see `count_later`)."""
         spec = parse_create(body, model, strict)
+        limit = emu.store.ledger.token_limit(model)
         if spec.file_name is None:
             texts = [r.item.counted_text for r in spec.requests or []]
-            return spec, sum(emu.tokens.count(texts))
+            chunks = (texts[i : i + 2048] for i in range(0, len(texts), 2048))
+            return spec, count_chunks(chunks, emu.tokens, limit)[0], None
         file_id = spec.file_name.removeprefix("files/")
         with emu.store.lock:
             record = emu.store.files.get(file_id)
@@ -80,12 +85,14 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
             raise ApiError(400, f"batch.input_config.file_name: the file {spec.file_name} does not exist.")
         if record.size_bytes > MAX_FILE_BYTES:
             raise ApiError(400, f"The input file {spec.file_name} is larger than the 2 GB limit.")
-        return spec, emu.file_tokens(record)
+        if limit is None and record.token_count is None:
+            return spec, 0, record
+        return spec, emu.file_tokens(record, limit), None
 
     async def create_batch(request: Request, name: str) -> Response:
         model = check_model(name, "asyncBatchEmbedContent", api_version(request))
         body = await read_json(request)
-        spec, tokens = await anyio.to_thread.run_sync(prepare_create, body, model)
+        spec, tokens, count_later = await anyio.to_thread.run_sync(prepare_create, body, model)
         fate = emu.faults.batch_fate()
         now = time.time()
         batch = Batch(
@@ -103,6 +110,8 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
             tokens=tokens,
         )
         emu.store.add_batch(batch)  # the quota check: a 429 here makes no batch
+        if count_later is not None:
+            emu.count_later(batch, count_later)
         log.info(
             "%s created: %d inline items, file %s, %d tokens, priority %d",
             batch.name,

@@ -20,6 +20,7 @@ DEFAULT_WEBHOOK_RETRY_SECONDS = 24 * 3600.0  # the live API retries failed deliv
 DEFAULT_WEBHOOK_BACKOFF_SECONDS = 1.0
 DEFAULT_WEBHOOK_TIMEOUT_SECONDS = 10.0
 ENCODERS = ("onnx", "sentence-transformers", "hash")
+TOKEN_COUNTERS = ("wordpiece", "words")
 
 
 class SettingsError(ValueError):
@@ -96,6 +97,7 @@ class EmulatorSettings:
     strict: bool = True
     preload: bool = True
     emit_defaults: bool = False
+    token_counter: str = ""  # "": wordpiece, or words with the hash encoder
     quotas_json: str | None = None
     webhooks_json: str | None = None
     max_running: int = 0
@@ -129,6 +131,7 @@ class EmulatorSettings:
             "strict": _bool(env, "GEMINI_EMULATOR_STRICT", True),
             "preload": _bool(env, "GEMINI_EMULATOR_PRELOAD", True),
             "emit_defaults": _bool(env, "GEMINI_EMULATOR_EMIT_DEFAULTS", False),
+            "token_counter": env.get("GEMINI_EMULATOR_TOKEN_COUNTER", "").strip().lower(),
             "quotas_json": env.get("GEMINI_EMULATOR_QUOTAS") or None,
             "webhooks_json": env.get("GEMINI_EMULATOR_WEBHOOKS") or None,
             "max_running": _int(env, "GEMINI_EMULATOR_MAX_RUNNING", 0, minimum=0),
@@ -144,6 +147,10 @@ class EmulatorSettings:
             ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["token_counter"] and values["token_counter"] not in TOKEN_COUNTERS:
+            raise SettingsError(
+                f"GEMINI_EMULATOR_TOKEN_COUNTER must be one of {list(TOKEN_COUNTERS)}, got {values['token_counter']!r}"
+            )
         if values["encoder"] not in ENCODERS:
             raise SettingsError(f"GEMINI_EMULATOR_ENCODER must be one of {list(ENCODERS)}, got {values['encoder']!r}")
         return cls(**values)  # type: ignore[arg-type]

@@ -26,7 +26,7 @@ from .encoder import HashEncoder, OnnxMiniLMEncoder, SentenceTransformersEncoder
 from .engine import Engine
 from .faults import Faults, parse_fault_header
 from .quotas import Ledger
-from .store import FileRecord, Store
+from .store import Batch, FileRecord, Store
 from .tokens import RegexCounter, TokenCounter, WordPieceCounter, file_tokens
 from .web import error_response
 from .webhooks import Dispatcher, WebhookRegistry
@@ -81,7 +81,8 @@ def _default_encoder_factory(settings: EmulatorSettings) -> Callable[[], TextEnc
 
 
 def _token_counter(settings: EmulatorSettings) -> TokenCounter:
-    return RegexCounter() if settings.encoder == "hash" else WordPieceCounter(settings.tokenizer_path)
+    kind = settings.token_counter or ("words" if settings.encoder == "hash" else "wordpiece")
+    return RegexCounter() if kind == "words" else WordPieceCounter(settings.tokenizer_path)
 
 
 class Emulator:
@@ -139,11 +140,26 @@ class Emulator:
         self.webhooks.reset()
         self.dispatcher.reset()
 
-    def file_tokens(self, record: FileRecord) -> int:
-        """Tokens of an input file's requests, counted once per file (files never change)."""
-        if record.token_count is None:
-            record.token_count = file_tokens(record.path, self.tokens)
-        return record.token_count
+    def file_tokens(self, record: FileRecord, stop_above: int | None = None) -> int:
+        """Tokens of an input file's requests: counted once per file (files never change), or only until
+        they pass `stop_above` (then the count so far, which is over it)."""
+        if record.token_count is not None:
+            return record.token_count
+        count, complete = file_tokens(record.path, self.tokens, stop_above)
+        if complete:
+            record.token_count = count
+        return count
+
+    def count_later(self, batch: Batch, record: FileRecord) -> None:
+        """Count a file batch's tokens on a background thread, for the stats (no limit applies to it)."""
+
+        def count() -> None:
+            try:
+                self.store.add_batch_tokens(batch, self.file_tokens(record))
+            except OSError as exc:  # the file was deleted meanwhile: the batch will fail on its own
+                log.info("%s: tokens not counted (%s)", batch.name, exc)
+
+        threading.Thread(target=count, name=f"emulator-count-{batch.id[:8]}", daemon=True).start()
 
     def close(self) -> None:
         self.dispatcher.stop()

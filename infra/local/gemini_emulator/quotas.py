@@ -108,6 +108,11 @@ class Ledger:
         with self._lock:
             return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self._limits.items()}
 
+    def token_limit(self, model: str) -> int | None:
+        """The enqueued-tokens limit of `model`, if any."""
+        with self._lock:
+            return self._token_limit(model)
+
     def _token_limit(self, model: str) -> int | None:
         limit = self._limits.get("enqueued_tokens")
         if isinstance(limit, dict):
@@ -138,6 +143,13 @@ class Ledger:
             self._batches += 1
             self._tokens[model] += tokens
             self._peak_batches = max(self._peak_batches, self._batches)
+            self._peak_tokens[model] = max(self._peak_tokens[model], self._tokens[model])
+            self._peak_total_tokens = max(self._peak_total_tokens, sum(self._tokens.values()))
+
+    def add_tokens(self, model: str, tokens: int) -> None:
+        """Tokens of an admitted batch counted after its create (no limit applied): never refused."""
+        with self._lock:
+            self._tokens[model] += tokens
             self._peak_tokens[model] = max(self._peak_tokens[model], self._tokens[model])
             self._peak_total_tokens = max(self._peak_total_tokens, sum(self._tokens.values()))
 

@@ -308,6 +308,13 @@ class Store:
         self.on_batch_end(batch)
         return True
 
+    def add_batch_tokens(self, batch: Batch, tokens: int) -> None:
+        """Tokens of a live batch counted after its create; a batch that has ended keeps what it had."""
+        with self.lock:
+            if batch.admitted:
+                batch.tokens += tokens
+                self.ledger.add_tokens(batch.model, tokens)
+
     def running_count(self) -> int:
         with self.lock:
             return sum(1 for b in self.batches.values() if b.state == State.RUNNING)
