@@ -88,7 +88,7 @@ class FileRecord:
     display_name: str | None = None
     create_time: float = field(default_factory=time.time)
     seq: int = 0
-    token_count: int | None = None  # of its request lines, counted once, at its first batch create
+    token_count: int | None = None  # of its request lines, counted once, when a batch first needs it
 
     @property
     def name(self) -> str:
@@ -153,7 +153,7 @@ class Batch:
     error: dict[str, Any] | None = None
     deleted: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
-    tokens: int = 0  # enqueued tokens, counted at create
+    tokens: int = 0  # enqueued tokens, counted at create (a file batch under no limit: just after)
     admitted: bool = False  # its place and tokens are held by the ledger
 
     @property
