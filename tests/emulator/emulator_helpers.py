@@ -6,18 +6,20 @@ Waiting is always for a condition with a deadline (`wait_for`), never a fixed sl
 from __future__ import annotations
 
 import hashlib
+import http.server
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from infra.local.gemini_emulator.encoder import TextEncoder
+from infra.local.gemini_emulator.encoder import TextEncoder, locate_tokenizer
 from infra.local.processes import ManagedProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,3 +182,88 @@ class FakeEncoder(TextEncoder):
             row = np.random.default_rng(seed).standard_normal(self.dimensions)
             rows.append(row / np.linalg.norm(row))
         return np.asarray(rows, dtype=np.float32).reshape(len(texts), self.dimensions)
+
+
+def wordpieces(texts: Sequence[str]) -> int:
+    """Tokens of `texts` by the emulator's tokenizer (all-MiniLM-L6-v2's WordPiece), read independently of
+    the emulator's code: no truncation, no [CLS]/[SEP]."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(locate_tokenizer()))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return sum(len(e.ids) for e in tokenizer.encode_batch(list(texts), add_special_tokens=False))
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1: records every POST; answers `fail_with` to the next `failures` ones."""
+
+    server: http.server.ThreadingHTTPServer
+    received: list[Received] = field(default_factory=list)
+    failures: int = 0
+    fail_with: int = 500
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks/gemini"
+
+    def fail_next(self, count: int, status: int = 500) -> None:
+        with self.lock:
+            self.failures, self.fail_with = count, status
+
+    def wait_for(self, count: int, timeout: float = 30.0) -> list[Received]:
+        """The first `count` deliveries answered 2xx, once there are that many."""
+
+        def ok() -> list[Received] | None:
+            with self.lock:
+                done = [r for r in self.received if r.status < 300]
+            return done if len(done) >= count else None
+
+        return wait_for(ok, timeout, f"{count} webhook deliveries")
+
+    def all(self) -> list[Received]:
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_receiver() -> Receiver:
+    holder: dict[str, Receiver] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            receiver = holder["receiver"]
+            with receiver.lock:
+                status = 200
+                if receiver.failures > 0:
+                    receiver.failures -= 1
+                    status = receiver.fail_with
+                receiver.received.append(
+                    Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status)
+                )
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    holder["receiver"] = receiver = Receiver(server)
+    threading.Thread(target=server.serve_forever, name="webhook-receiver", daemon=True).start()
+    return receiver

@@ -92,6 +92,10 @@ def test_batch_fate_and_live_knobs():
         ({"item_failure_status": "NOPE"}, "google.rpc.Code"),
         ({"expire_batches": 1}, "true or false"),
         ({"bogus": 1}, "unknown fault keys"),
+        ({"lose_create_response": {"count": 1, "status": 501}}, "lose_create_response.status must be one of"),
+        ({"lose_create_response": {"status": 503}}, "lose_create_response.count is required"),
+        ({"lose_create_response": {"count": 1, "retry": 1}}, "unknown keys"),
+        ({"list_order": "shuffled"}, "list_order must be one of"),
         ("[1, 2]", "JSON object"),
         ("{not json", "not valid JSON"),
     ],
@@ -112,3 +116,14 @@ def test_the_per_request_header():
         with pytest.raises(ApiError) as caught:
             parse_fault_header(bad)
         assert caught.value.code == 400
+
+
+def test_lost_create_answers_are_counted_and_default_to_503():
+    faults = Faults({"lose_create_response": {"count": 2}, "list_order": "oldest"})
+    first, second = faults.take_lost_create(), faults.take_lost_create()
+    assert (first.code, first.status) == (503, "UNAVAILABLE") and "Retry-After" not in first.headers
+    assert second is not None and faults.take_lost_create() is None
+    assert faults.list_order == "oldest"
+    faults.replace({"lose_create_response": {"count": 1, "status": 504}})
+    assert faults.take_lost_create().status == "DEADLINE_EXCEEDED"
+    assert faults.list_order == "newest"  # the default, as observed live

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from .config import EmulatorSettings, SettingsError
     from .encoder import AssetError, locate_onnx_assets
     from .faults import FaultPlanError
+    from .quotas import QuotaError
+    from .webhooks import WebhookConfigError
 
     try:
         settings = EmulatorSettings.from_env(host=args.host, port=args.port)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         from .app import create_app
 
         app = create_app(settings)
-    except (SettingsError, AssetError, FaultPlanError) as exc:
+    except (SettingsError, AssetError, FaultPlanError, QuotaError, WebhookConfigError) as exc:
         print(f"gemini emulator: {exc}", file=sys.stderr)
         return 2
     emulator = app.state.emulator

@@ -1,4 +1,13 @@
-"""The emulator's own routes under /_emulator (no key): health, fault plan, reset, stats."""
+"""The emulator's own routes under /_emulator (no key): health, fault plan, quotas, reset, stats, cache.
+
+    GET  health                 ready once the model is loaded
+    GET|PUT|DELETE faults       the fault plan (faults.py)
+    GET|PUT quotas              the quota limits (quotas.py); PUT replaces them, a bad one is a 400
+    POST reset                  back to the start state (Emulator.reset)
+    GET  stats                  calls per endpoint, batch states, quota usage and peaks, webhook deliveries
+    POST stats:resetPeaks       peaks start again from the current usage
+    DELETE cache                forget the cached vectors
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from starlette.routing import Route
 from .embedder import TARGET_DIMS
 from .emulator import Emulator
 from .faults import FaultPlanError
+from .quotas import QuotaError
 from .web import error_response, json_response, read_body
 from .wire import ApiError, error_body
 
@@ -57,13 +67,29 @@ def admin_routes(emu: Emulator) -> list[Route]:
         log.info("fault plan replaced: %s", sorted(plan))
         return json_response(plan)
 
+    async def quotas_route(request: Request) -> Response:
+        if request.method == "GET":
+            return json_response(emu.store.ledger.limits())
+        try:
+            limits = emu.store.ledger.replace(await read_body(request))
+        except QuotaError as exc:
+            return json_response(error_body(400, str(exc)), 400)
+        except ApiError as exc:
+            return error_response(exc)
+        log.info("quotas replaced: %s", limits)
+        return json_response(limits)
+
     async def reset(request: Request) -> Response:
-        emu.store.reset()
-        emu.faults.clear()
-        emu.stats.clear()
-        emu.embedder.clear_cache()
-        log.info("reset: batches, files, faults, stats and the embedding cache cleared")
+        emu.reset()
+        log.info("reset: batches, files, faults, stats, cache and API-made webhooks cleared; quotas as at start")
         return json_response({})
+
+    async def reset_peaks(request: Request) -> Response:
+        emu.store.ledger.reset_peaks()
+        return json_response({})
+
+    async def clear_cache(request: Request) -> Response:
+        return json_response({"cleared": emu.embedder.clear_cache()})
 
     async def stats(request: Request) -> Response:
         calls = emu.stats.snapshot()
@@ -78,13 +104,21 @@ def admin_routes(emu: Emulator) -> list[Route]:
                 "batchStates": dict(states),
                 "encodedTexts": emu.embedder.encoded_texts,
                 "cacheHits": emu.embedder.cache_hits,
+                "cacheEntries": emu.embedder.cache_size,
                 "faultsInjected": emu.faults.injected,
+                **emu.store.ledger.snapshot(),
+                "quotas": emu.store.ledger.limits(),
+                "tokenCounter": emu.tokens.name,
+                "webhookDeliveries": emu.dispatcher.stats(),
             }
         )
 
     return [
         Route("/_emulator/health", health, methods=["GET"]),
         Route("/_emulator/faults", faults_route, methods=["GET", "PUT", "DELETE"]),
+        Route("/_emulator/quotas", quotas_route, methods=["GET", "PUT"]),
         Route("/_emulator/reset", reset, methods=["POST"]),
         Route("/_emulator/stats", stats, methods=["GET"]),
+        Route("/_emulator/stats:resetPeaks", reset_peaks, methods=["POST"]),
+        Route("/_emulator/cache", clear_cache, methods=["DELETE"]),
     ]

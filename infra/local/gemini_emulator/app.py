@@ -1,9 +1,9 @@
-"""The Gemini API routes (v1beta, also v1 and v1alpha): models, batches, files, downloads; the app.
+"""The Gemini API routes (v1beta, also v1 and v1alpha): models, batches, files, downloads, webhooks; the app.
 
 API routes need a key (header x-goog-api-key or query `key`), except the resumable upload session
-URL, which is its own credential. Every API request passes, in order: key check, the
-X-Emulator-Fault header, the http_5xx fault, (creates only) the create_429 fault, then its handler
-(`Emulator.api`). Every non-200 answer is Google's `{"error": {"code", "message", "status"}}`.
+URL, which is its own credential. Every API request goes through `Emulator.api` (key check, then the
+faults around its handler). A create counts the batch's tokens, then the quota ledger admits it or
+answers 429 (no batch made). Every non-200 answer is Google's `{"error": {"code", "message", "status"}}`.
 The key is never logged.
 """
 
@@ -26,10 +26,19 @@ from starlette.routing import Route
 from .admin import admin_routes
 from .config import EmulatorSettings
 from .emulator import Emulator
-from .schema import EMPTY_CONTENT_MESSAGE, EmbedItem, check_model, parse_create, parse_embed_request
-from .store import MAX_FILE_BYTES, Batch
+from .schema import (
+    EMPTY_CONTENT_MESSAGE,
+    CreateSpec,
+    EmbedItem,
+    check_model,
+    parse_create,
+    parse_embed_request,
+)
+from .store import MAX_FILE_BYTES, Batch, FileRecord
+from .tokens import count_chunks
 from .uploads import upload_routes
 from .web import api_version, base_url, json_response, page_size, page_token, read_json, split_verb
+from .webhook_routes import webhook_routes
 from .wire import ApiError, check_fields, error_body, new_id
 
 __all__ = ["Emulator", "create_app"]
@@ -59,20 +68,31 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
     async def _not_found() -> Response:
         raise ApiError(404, "Method not found.")
 
+    def prepare_create(body: object, model: str) -> tuple[CreateSpec, int, FileRecord | None]:
+        """The validated create, the tokens it enqueues (text parts and titles of all its requests) and its
+        input file. Counting stops once past the model's token limit (the create is refused anyway); a
+        file batch with no limit is counted after the create, in the background (see `count_later`)."""
+        spec = parse_create(body, model, strict)
+        limit = emu.store.ledger.token_limit(model)
+        if spec.file_name is None:
+            texts = [r.item.counted_text for r in spec.requests or []]
+            chunks = (texts[i : i + 2048] for i in range(0, len(texts), 2048))
+            return spec, count_chunks(chunks, emu.tokens, limit)[0], None
+        file_id = spec.file_name.removeprefix("files/")
+        with emu.store.lock:
+            record = emu.store.files.get(file_id)
+        if record is None:
+            raise ApiError(400, f"batch.input_config.file_name: the file {spec.file_name} does not exist.")
+        if record.size_bytes > MAX_FILE_BYTES:
+            raise ApiError(400, f"The input file {spec.file_name} is larger than the 2 GB limit.")
+        if limit is None and record.token_count is None:
+            return spec, 0, record
+        return spec, emu.file_tokens(record, limit), None
+
     async def create_batch(request: Request, name: str) -> Response:
         model = check_model(name, "asyncBatchEmbedContent", api_version(request))
         body = await read_json(request)
-        spec = await anyio.to_thread.run_sync(parse_create, body, model, strict)
-        if spec.file_name is not None:
-            file_id = spec.file_name.removeprefix("files/")
-            with emu.store.lock:
-                record = emu.store.files.get(file_id)
-            if record is None:
-                raise ApiError(
-                    400, f"batch.input_config.file_name: the file {spec.file_name} does not exist."
-                )
-            if record.size_bytes > MAX_FILE_BYTES:
-                raise ApiError(400, f"The input file {spec.file_name} is larger than the 2 GB limit.")
+        spec, tokens, count_later = await anyio.to_thread.run_sync(prepare_create, body, model)
         fate = emu.faults.batch_fate()
         now = time.time()
         batch = Batch(
@@ -87,13 +107,17 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
             input_file=spec.file_name,
             create_time=now,
             request_count=len(spec.requests or []),
+            tokens=tokens,
         )
-        emu.store.add_batch(batch)
+        emu.store.add_batch(batch)  # the quota check: a 429 here makes no batch
+        if count_later is not None:
+            emu.count_later(batch, count_later)
         log.info(
-            "%s created: %d inline items, file %s, priority %d",
+            "%s created: %d inline items, file %s, %d tokens, priority %d",
             batch.name,
             batch.request_count,
             spec.file_name,
+            tokens,
             spec.priority,
         )
         with emu.store.lock:
@@ -168,7 +192,8 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
     async def batches_list(request: Request) -> Response:
         async def handler() -> Response:
             api_version(request)
-            page, token = emu.store.list_batches(page_size(request), page_token(request))
+            order = emu.faults.list_order
+            page, token = emu.store.list_batches(page_size(request), page_token(request), order)
             with emu.store.lock:
                 body: dict[str, Any] = {}
                 if page:
@@ -304,6 +329,7 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         Route("/{version}/files", files_list, methods=["GET"]),
         Route("/{version}/files/{rest}", file_route, methods=["GET", "DELETE"]),
         *upload_routes(emu),
+        *webhook_routes(emu),
         Route("/download/{version}/files/{rest}", download_route, methods=["GET"]),
     ]
     app = Starlette(

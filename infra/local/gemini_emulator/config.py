@@ -16,6 +16,11 @@ DEFAULT_WINDOW = 2048
 DEFAULT_CACHE_ENTRIES = 20_000
 DEFAULT_SHUFFLE_ABOVE = 5
 DEFAULT_MAX_TOKENS = 256
+DEFAULT_WEBHOOK_RETRY_SECONDS = 24 * 3600.0  # the live API retries failed deliveries for 24 h
+DEFAULT_WEBHOOK_BACKOFF_SECONDS = 1.0
+DEFAULT_WEBHOOK_TIMEOUT_SECONDS = 10.0
+ENCODERS = ("onnx", "sentence-transformers", "hash")
+TOKEN_COUNTERS = ("wordpiece", "words")
 
 
 class SettingsError(ValueError):
@@ -32,6 +37,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+    if not value >= minimum:  # also refuses nan
+        raise SettingsError(f"{name} must be >= {minimum}, got {raw}")
     return value
 
 
@@ -55,6 +73,9 @@ class EmulatorSettings:
     False accepts both, as Google's own recorded SDK tests suggest the live API may.
     emit_defaults False renders proto3 JSON as the live API does (done: false, zero counters and
     priority 0 left out); True writes every field.
+    quotas_json / webhooks_json are validated when the emulator is built (quotas.py, webhooks.py).
+    max_running caps the RUNNING batches (0: no cap); item_token_counts adds response.tokenCount to
+    every embedded batch item.
     """
 
     host: str = DEFAULT_HOST
@@ -76,6 +97,14 @@ class EmulatorSettings:
     strict: bool = True
     preload: bool = True
     emit_defaults: bool = False
+    token_counter: str = ""  # "": wordpiece, or words with the hash encoder
+    quotas_json: str | None = None
+    webhooks_json: str | None = None
+    max_running: int = 0
+    item_token_counts: bool = False
+    webhook_retry_seconds: float = DEFAULT_WEBHOOK_RETRY_SECONDS
+    webhook_backoff_seconds: float = DEFAULT_WEBHOOK_BACKOFF_SECONDS
+    webhook_timeout_seconds: float = DEFAULT_WEBHOOK_TIMEOUT_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> EmulatorSettings:
@@ -102,10 +131,26 @@ class EmulatorSettings:
             "strict": _bool(env, "GEMINI_EMULATOR_STRICT", True),
             "preload": _bool(env, "GEMINI_EMULATOR_PRELOAD", True),
             "emit_defaults": _bool(env, "GEMINI_EMULATOR_EMIT_DEFAULTS", False),
+            "token_counter": env.get("GEMINI_EMULATOR_TOKEN_COUNTER", "").strip().lower(),
+            "quotas_json": env.get("GEMINI_EMULATOR_QUOTAS") or None,
+            "webhooks_json": env.get("GEMINI_EMULATOR_WEBHOOKS") or None,
+            "max_running": _int(env, "GEMINI_EMULATOR_MAX_RUNNING", 0, minimum=0),
+            "item_token_counts": _bool(env, "GEMINI_EMULATOR_ITEM_TOKEN_COUNTS", False),
+            "webhook_retry_seconds": _float(
+                env, "GEMINI_EMULATOR_WEBHOOK_RETRY_SECONDS", DEFAULT_WEBHOOK_RETRY_SECONDS
+            ),
+            "webhook_backoff_seconds": _float(
+                env, "GEMINI_EMULATOR_WEBHOOK_BACKOFF_SECONDS", DEFAULT_WEBHOOK_BACKOFF_SECONDS, minimum=0.01
+            ),
+            "webhook_timeout_seconds": _float(
+                env, "GEMINI_EMULATOR_WEBHOOK_TIMEOUT_SECONDS", DEFAULT_WEBHOOK_TIMEOUT_SECONDS, minimum=0.1
+            ),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if values["encoder"] not in {"onnx", "sentence-transformers"}:
+        if values["token_counter"] and values["token_counter"] not in TOKEN_COUNTERS:
             raise SettingsError(
-                f"GEMINI_EMULATOR_ENCODER must be 'onnx' or 'sentence-transformers', got {values['encoder']!r}"
+                f"GEMINI_EMULATOR_TOKEN_COUNTER must be one of {list(TOKEN_COUNTERS)}, got {values['token_counter']!r}"
             )
+        if values["encoder"] not in ENCODERS:
+            raise SettingsError(f"GEMINI_EMULATOR_ENCODER must be one of {list(ENCODERS)}, got {values['encoder']!r}")
         return cls(**values)  # type: ignore[arg-type]

@@ -1,12 +1,14 @@
 """Texts -> gemini-embedding-001-shaped vectors: encoder (loaded in the background), lift, LRU cache.
 
 Guarantees: the same text always gives the same 3072-d unit vector in a process (cached by a
-blake2b hash of the text, bounded LRU); the encoder loads once, on a background thread started at
-boot, so the HTTP server answers health checks while it loads; callers that need vectors wait.
+blake2b hash of the text, bounded LRU, unless the encoder is cheaper to rerun than to cache); the encoder
+loads once, on a background thread started at boot, so the HTTP server answers health checks while it
+loads; callers that need vectors wait. An encoder that already makes 3072-d vectors is served unlifted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -56,7 +58,8 @@ class Embedder:
             started = time.monotonic()
             try:
                 encoder = self._factory()
-                self._lift = DimensionLift(encoder.dimensions, TARGET_DIMS)
+                if encoder.dimensions != TARGET_DIMS:
+                    self._lift = DimensionLift(encoder.dimensions, TARGET_DIMS)
                 self._encoder = encoder
                 self.load_seconds = time.monotonic() - started
                 log.info("encoder %s loaded in %.2fs", encoder.name, self.load_seconds)
@@ -96,6 +99,9 @@ class Embedder:
     def model_vectors(self, texts: Sequence[str]) -> np.ndarray:
         """(n, model dims) unit vectors, from the cache where possible."""
         encoder = self.wait_ready()
+        if not encoder.cacheable:
+            self.encoded_texts += len(texts)
+            return encoder.encode(texts)
         keys = [self._key(t) for t in texts]
         out = np.empty((len(texts), encoder.dimensions), dtype=np.float32)
         missing: dict[bytes, list[int]] = {}
@@ -127,15 +133,21 @@ class Embedder:
         """(n, dims) float32: the first `dims` of each text's 3072-d unit vector (one model run for the
         uncached texts); rows are unit-norm only when dims == 3072."""
         vectors = self.model_vectors(texts)
-        assert self._lift is not None
+        if self._lift is None:  # the encoder's own vectors are 3072-d and unit-norm
+            return vectors if dims == TARGET_DIMS else np.ascontiguousarray(vectors[:, :dims])
         return self._lift(vectors, dims)
 
     def embed_items(
-        self, items: Sequence[EmbedItem], batch_size: int, before: Callable[[int], None] | None = None
+        self,
+        items: Sequence[EmbedItem],
+        batch_size: int,
+        before: Callable[[int], None] | None = None,
+        guard: contextlib.AbstractContextManager[object] | None = None,
     ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
         """Embed `items` in model batches of up to `batch_size`, shortest first (less padding): yields, per
         batch, the items' positions in `items` and their vectors, each cut to its item's `dims`. Lazy: a
-        batch is embedded when asked for, after `before(its size)` (which may raise to stop)."""
+        batch is embedded when asked for, after `before(its size)` (which may raise to stop), inside
+        `guard` (e.g. a semaphore bounding concurrent model runs)."""
         if not items:
             return
         cost = self.lengths([item.text for item in items])
@@ -145,7 +157,8 @@ class Embedder:
             if before is not None:
                 before(len(chunk))
             widest = max(items[i].dims for i in chunk)
-            vectors = self.embed([items[i].text for i in chunk], widest)
+            with guard if guard is not None else contextlib.nullcontext():
+                vectors = self.embed([items[i].text for i in chunk], widest)
             yield chunk, [
                 vector if items[i].dims == widest else np.ascontiguousarray(vector[: items[i].dims])
                 for i, vector in zip(chunk, vectors, strict=True)
@@ -155,6 +168,14 @@ class Embedder:
         """The encoder's batching cost of each text (tokens for the ONNX model)."""
         return self.wait_ready().lengths(texts)
 
-    def clear_cache(self) -> None:
+    @property
+    def cache_size(self) -> int:
         with self._cache_lock:
+            return len(self._cache)
+
+    def clear_cache(self) -> int:
+        """Forget every cached vector; returns how many there were."""
+        with self._cache_lock:
+            count = len(self._cache)
             self._cache.clear()
+            return count

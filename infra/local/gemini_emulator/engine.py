@@ -8,6 +8,10 @@ Guarantees:
   and reset stop it silently. Injected fates (expire, fail) end a batch without running it.
 - Inline outputs of more than `shuffle_above` items come back in a deterministic order that is not
   the input order; responses files keep the input order (both are allowed by the live API).
+- Concurrency: at most `workers` model batches run at once, whatever runs them. A batch claimed while
+  `seconds_per_item` is set (simulated time) runs on a thread of its own, so it waits out its simulated
+  time without holding a worker: throughput grows with the batches in flight, as a real service's does.
+  `max_running` (0: no cap) bounds the RUNNING batches, as a service's capacity would.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .embedder import Embedder
 from .faults import Faults
 from .schema import EMPTY_CONTENT_MESSAGE, EmbedItem, parse_file_line
 from .store import Batch, FileRecord, ItemResult, State, Store
+from .tokens import TokenCounter
 from .wire import ApiError, dumps, loads, rpc_status
 
 __all__ = ["Engine", "output_order"]
@@ -60,16 +65,23 @@ class Engine:
         window_size: int = 512,
         shuffle_above: int = 5,
         strict: bool = True,
+        max_running: int = 0,
+        token_counter: TokenCounter | None = None,
     ) -> None:
+        """`token_counter` set: every embedded item reports its input tokens (response.tokenCount)."""
         self.store, self.embedder, self.faults = store, embedder, faults
         self.model_batch_size, self.window_size = model_batch_size, max(window_size, model_batch_size)
         self.shuffle_above, self.strict = shuffle_above, strict
+        self.max_running, self.token_counter = max_running, token_counter
+        self._model_slots = threading.BoundedSemaphore(workers)
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._threads = [
             threading.Thread(target=self._loop, name=f"emulator-worker-{i}", daemon=True)
             for i in range(workers)
         ]
+        self._timed: set[threading.Thread] = set()
+        self._timed_lock = threading.Lock()
         store.on_change = self.notify
 
     def start(self) -> None:
@@ -83,7 +95,9 @@ class Engine:
                 batch.stop.set()
         self.notify()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        with self._timed_lock:
+            timed = list(self._timed)
+        for thread in [*self._threads, *timed]:
             thread.join(max(deadline - time.monotonic(), 0.0))
 
     def notify(self) -> None:
@@ -98,9 +112,11 @@ class Engine:
         if self.faults.hold_queue:
             return None, wait
         with self.store.lock:
+            if self.max_running and self.store.running_count() >= self.max_running:
+                return None, wait
             ready = []
             for batch in self.store.batches.values():
-                if batch.state != State.PENDING or batch.deleted:
+                if batch.state != State.PENDING or batch.deleted or batch.stop.is_set():
                     continue
                 if batch.not_before > now:
                     wait = min(wait, batch.not_before - now)
@@ -121,16 +137,31 @@ class Engine:
                 with self._wake:
                     self._wake.wait(wait)
                 continue
-            self._run(batch)
+            if self.faults.seconds_per_item > 0:
+                self._start_timed(batch)
+            else:
+                self._run(batch)
+
+    def _start_timed(self, batch: Batch) -> None:
+        """Run a simulated-time batch on a thread of its own (its waits hold no worker)."""
+
+        def run() -> None:
+            try:
+                self._run(batch)
+            finally:
+                with self._timed_lock:
+                    self._timed.discard(threading.current_thread())
+                self.notify()  # a RUNNING place is free (max_running)
+
+        thread = threading.Thread(target=run, name=f"emulator-timed-{batch.id[:8]}", daemon=True)
+        with self._timed_lock:
+            self._timed.add(thread)
+        thread.start()
 
     def _finish(self, batch: Batch, state: str, error: dict[str, Any] | None = None) -> None:
-        with self.store.lock:
-            if batch.deleted:
-                return
-            batch.state = state
-            batch.error = error
-            batch.end_time = batch.update_time = time.time()
-        log.info("%s %s (%d ok, %d failed)", batch.name, state, batch.succeeded, batch.failed)
+        if self.store.end_batch(batch, state, error):
+            log.info("%s %s (%d ok, %d failed)", batch.name, state, batch.succeeded, batch.failed)
+            self.notify()
 
     def _run(self, batch: Batch) -> None:
         if batch.fate.expire:
@@ -193,9 +224,12 @@ class Engine:
                 raise _Stopped
 
         items: list[EmbedItem] = [work[i][0] for i in todo]  # type: ignore[misc]
-        for chunk, vectors in self.embedder.embed_items(items, self.model_batch_size, before):
+        tokens = self.token_counter.count([i.counted_text for i in items]) if self.token_counter else None
+        chunks = self.embedder.embed_items(items, self.model_batch_size, before, guard=self._model_slots)
+        for chunk, vectors in chunks:
             for position, vector in zip(chunk, vectors, strict=True):
-                results[todo[position]] = ItemResult(vector=vector)
+                count = tokens[position] if tokens is not None else None
+                results[todo[position]] = ItemResult(vector=vector, tokens=count)
             self._count(batch, ok=len(chunk))
         self._check(batch)
         return results  # type: ignore[return-value]
@@ -286,7 +320,7 @@ class Engine:
                     if result.error is not None:
                         line["error"] = result.error
                     else:
-                        line["response"] = {"embedding": {"values": result.vector}}
+                        line["response"] = result.response()
                     data = dumps(line) + b"\n"
                     out.write(data)
                     digest.update(data)

@@ -14,8 +14,11 @@ Keys (other engineers' tests rely on these names; more may be added, none rename
     pending_seconds       S     new batches wait S seconds in PENDING
     seconds_per_item      x     slow processing (applies to running batches at once)
     hold_queue            true  no PENDING batch starts until this is cleared (tests of ordering)
+    lose_create_response  {"count": N, "status": 503}  next N creates DO make their batch (it runs), but the
+                          client gets that 5xx (500, 502, 503 or 504), as when an answer is lost in transit
+    list_order            "newest" (default, as observed live) | "oldest" | "random": GET batches order
 
-Counted faults (create_429, http_5xx) are consumed atomically: concurrent requests never get more
+Counted faults (create_429, http_5xx, lose_create_response) are consumed atomically: concurrent requests never get more
 than N of them between them.
 """
 
@@ -29,7 +32,15 @@ from typing import Any
 
 from .wire import GRPC_CODES, ApiError, loads
 
-__all__ = ["BatchFate", "FaultPlanError", "Faults", "ItemFailure", "parse_fault_header", "text_fraction"]
+__all__ = [
+    "LIST_ORDERS",
+    "BatchFate",
+    "FaultPlanError",
+    "Faults",
+    "ItemFailure",
+    "parse_fault_header",
+    "text_fraction",
+]
 
 KNOWN_KEYS = frozenset(
     {
@@ -44,8 +55,12 @@ KNOWN_KEYS = frozenset(
         "pending_seconds",
         "seconds_per_item",
         "hold_queue",
+        "lose_create_response",
+        "list_order",
     }
 )
+LIST_ORDERS = ("newest", "oldest", "random")
+LOST_ANSWER_STATUSES = (500, 502, 503, 504)
 
 
 class FaultPlanError(ValueError):
@@ -148,6 +163,17 @@ def _validate(plan: Any) -> dict[str, Any]:
         if not isinstance(needle, str) or not needle:
             raise FaultPlanError(f"fail_texts_containing must be a non-empty string, got {needle!r}")
         out["fail_texts_containing"] = needle
+    if "lose_create_response" in plan:
+        spec = _object(plan, "lose_create_response", ("count", "status"))
+        status = _int(spec, "status", "lose_create_response", default=503, minimum=500)
+        if status not in LOST_ANSWER_STATUSES:
+            raise FaultPlanError(f"lose_create_response.status must be one of {LOST_ANSWER_STATUSES}, got {status}")
+        out["lose_create_response"] = {"count": _int(spec, "count", "lose_create_response"), "status": status}
+    if "list_order" in plan:
+        order = plan["list_order"]
+        if order not in LIST_ORDERS:
+            raise FaultPlanError(f"list_order must be one of {list(LIST_ORDERS)}, got {order!r}")
+        out["list_order"] = order
     for key in ("expire_batches", "fail_batches", "hold_queue"):
         if key in plan:
             out[key] = _flag(plan, key)
@@ -223,6 +249,17 @@ class Faults:
             spec["status"], f"Injected by the emulator's http_5xx fault (status {spec['status']})."
         )
 
+    def take_lost_create(self) -> ApiError | None:
+        """The error that replaces a successful create's answer, if the plan still has one."""
+        spec = self._take("lose_create_response")
+        if spec is None:
+            return None
+        return ApiError(
+            spec["status"],
+            f"Injected by the emulator's lose_create_response fault (status {spec['status']}): "
+            "the request may have been processed.",
+        )
+
     def item_failure(self, text: str) -> ItemFailure | None:
         """Whether this item fails now; counts the sighting for `item_failure_attempts`."""
         with self._lock:
@@ -258,6 +295,11 @@ class Faults:
     def seconds_per_item(self) -> float:
         with self._lock:
             return self._plan.get("seconds_per_item", 0.0)
+
+    @property
+    def list_order(self) -> str:
+        with self._lock:
+            return self._plan.get("list_order", "newest")
 
     @property
     def hold_queue(self) -> bool:

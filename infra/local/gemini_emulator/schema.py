@@ -81,15 +81,21 @@ _GENERATIVE_RE = re.compile(r"(flash|gemma|imagen|veo|learnlm|-tts|^gemini-(?!em
 
 @dataclass(frozen=True)
 class EmbedItem:
-    """One embedding request: the text the model sees, the output size, the task."""
+    """One embedding request: the text the model sees, the output size, the task, and the text that is
+    counted as its input tokens (text parts and title; None: the same as `text`)."""
 
     text: str
     dims: int
     task_type: str | None = None
+    counted: str | None = None
 
     @property
     def empty(self) -> bool:
         return not self.text.strip()
+
+    @property
+    def counted_text(self) -> str:
+        return self.text if self.counted is None else self.counted
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ def _dims(value: Any, where: str, strict: bool) -> int:
     return value
 
 
-def _text(content: Any, where: str) -> str:
+def _texts(content: Any, where: str) -> list[str]:
     content = check_fields(content, _CONTENT_FIELDS, where)
     parts = content.get("parts", [])
     if not isinstance(parts, list):
@@ -149,7 +155,7 @@ def _text(content: Any, where: str) -> str:
         if not isinstance(text, str):
             raise ApiError(400, f"Invalid value at '{where}.parts[{i}].text' (TYPE_STRING), {text!r}")
         texts.append(text)
-    return "\n".join(texts)
+    return texts
 
 
 def parse_embed_request(obj: Any, where: str, strict: bool = True, model: str | None = None) -> EmbedItem:
@@ -169,7 +175,8 @@ def parse_embed_request(obj: Any, where: str, strict: bool = True, model: str | 
             f"Invalid value at '{where}.task_type' "
             f"(type.googleapis.com/google.ai.generativelanguage.v1beta.TaskType), {task!r}",
         )
-    text = _text(obj.get("content", {}), f"{where}.content")
+    texts = _texts(obj.get("content", {}), f"{where}.content")
+    text = "\n".join(texts)
     title = obj.get("title")
     if title is not None and not isinstance(title, str):
         raise ApiError(400, f"Invalid value at '{where}.title' (TYPE_STRING), {title!r}")
@@ -179,6 +186,7 @@ def parse_embed_request(obj: Any, where: str, strict: bool = True, model: str | 
         text=text,
         dims=_dims(field(obj, "outputDimensionality"), f"{where}.output_dimensionality", strict),
         task_type=task,
+        counted="\n".join([*texts, title]) if title else None,
     )
 
 

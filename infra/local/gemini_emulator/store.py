@@ -4,12 +4,18 @@ One re-entrant lock guards everything; holders do only bookkeeping under it (no 
 disk I/O beyond unlink). Resources are rendered in the live API's proto3 JSON shape: lowerCamelCase,
 int64 as strings, and fields at their default value (false, 0, empty lists) omitted, unless the
 store was built with `emit_defaults=True`.
+
+Quotas: a batch is admitted by the `Ledger` under the store's lock as it is added (its tokens and its
+place count while it is PENDING or RUNNING) and released when it ends or is deleted; file bytes count
+from upload to delete. `on_batch_end` is called, outside the lock, once per batch that reaches a
+terminal state (not for deletes or resets).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import random
 import shutil
 import threading
 import time
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .faults import BatchFate
+from .quotas import Ledger
 from .schema import InlineRequest
 from .wire import ApiError, new_id, page_token, parse_page_token, rfc3339
 
@@ -60,6 +67,14 @@ class ItemResult:
 
     vector: np.ndarray | None = None
     error: dict[str, Any] | None = None
+    tokens: int | None = None  # reported as response.tokenCount when the emulator is told to
+
+    def response(self) -> dict[str, Any]:
+        """The item's `response` object (for a result with a vector)."""
+        out: dict[str, Any] = {"embedding": {"values": self.vector}}
+        if self.tokens:
+            out["tokenCount"] = str(self.tokens)
+        return out
 
 
 @dataclass
@@ -73,6 +88,7 @@ class FileRecord:
     display_name: str | None = None
     create_time: float = field(default_factory=time.time)
     seq: int = 0
+    token_count: int | None = None  # of its request lines, counted once, when a batch first needs it
 
     @property
     def name(self) -> str:
@@ -110,6 +126,7 @@ class UploadSession:
     received: int = 0
     finished: bool = False
     busy: bool = False
+    reserved: int = 0  # storage bytes the ledger holds for this upload
 
 
 @dataclass
@@ -136,6 +153,8 @@ class Batch:
     error: dict[str, Any] | None = None
     deleted: bool = False
     stop: threading.Event = field(default_factory=threading.Event)
+    tokens: int = 0  # enqueued tokens, counted at create (a file batch under no limit: just after)
+    admitted: bool = False  # its place and tokens are held by the ledger
 
     @property
     def name(self) -> str:
@@ -158,7 +177,7 @@ class Batch:
             if result.error is not None:
                 entry["error"] = result.error
             else:
-                entry["response"] = {"embedding": {"values": result.vector}}
+                entry["response"] = result.response()
             entries.append(entry)
         return {"inlinedResponses": {"inlinedResponses": entries}} if entries else {"inlinedResponses": {}}
 
@@ -202,24 +221,45 @@ class Batch:
         return op
 
 
-def _page(items: list[Any], page_size: int | None, token: str | None) -> tuple[list[Any], str | None]:
-    """Newest-first page of `items` (each with .seq); the token resumes below the last seq shown."""
-    size = DEFAULT_PAGE_SIZE if not page_size else min(page_size, MAX_PAGE_SIZE)
-    if page_size is not None and page_size < 0:
-        raise ApiError(400, f"pageSize must not be negative, got {page_size}.")
+def _ordered(items: list[Any], order: str, token: str | None) -> tuple[list[Any], Any]:
+    """`items` (each with .seq) in listing `order`, from the position `token` resumes at; and a function
+    that makes the token resuming after a given item."""
+    if order == "oldest":
+        ordered = sorted(items, key=lambda x: x.seq)
+        if token:
+            after = parse_page_token(token, "after")
+            ordered = [x for x in ordered if x.seq > after]
+        return ordered, lambda last, _: page_token(last.seq, kind="after")
+    if order == "random":
+        seed, offset = parse_page_token(token, "random") if token else (random.randrange(2**31), 0)
+        ordered = sorted(items, key=lambda x: x.seq)
+        random.Random(seed).shuffle(ordered)
+        return ordered[offset:], lambda _, shown: page_token(seed, offset + shown, kind="random")
     ordered = sorted(items, key=lambda x: x.seq, reverse=True)
     if token:
         below = parse_page_token(token)
         ordered = [x for x in ordered if x.seq < below]
+    return ordered, lambda last, _: page_token(last.seq)
+
+
+def _page(
+    items: list[Any], page_size: int | None, token: str | None, order: str = "newest"
+) -> tuple[list[Any], str | None]:
+    """One page of `items` in `order` (newest first by default); the token resumes after its last item.
+    A random order is a fixed shuffle per listing (its seed travels in the token)."""
+    if page_size is not None and page_size < 0:
+        raise ApiError(400, f"pageSize must not be negative, got {page_size}.")
+    size = DEFAULT_PAGE_SIZE if not page_size else min(page_size, MAX_PAGE_SIZE)
+    ordered, resume = _ordered(items, order, token)
     page = ordered[:size]
-    next_token = page_token(page[-1].seq) if len(ordered) > size else None
+    next_token = resume(page[-1], len(page)) if len(ordered) > size else None
     return page, next_token
 
 
 class Store:
     """Batches, files and upload sessions of one emulator process."""
 
-    def __init__(self, data_dir: Path, emit_defaults: bool = False) -> None:
+    def __init__(self, data_dir: Path, emit_defaults: bool = False, ledger: Ledger | None = None) -> None:
         self.lock = threading.RLock()
         self.data_dir = data_dir
         self.files_dir = data_dir / "files"
@@ -233,7 +273,9 @@ class Store:
         self.started: list[str] = []
         self.generation = 0
         self._seq = 0
+        self.ledger = ledger or Ledger()
         self.on_change: Callable[[], None] = lambda: None
+        self.on_batch_end: Callable[[Batch], None] = lambda batch: None
 
     def next_seq(self) -> int:
         with self.lock:
@@ -242,9 +284,40 @@ class Store:
 
     # -- batches ---------------------------------------------------------------------------------
     def add_batch(self, batch: Batch) -> None:
+        """Admit (quota check and reservation, atomically) and queue `batch`; a refusal is the ledger's 429."""
         with self.lock:
+            self.ledger.admit_batch(batch.model, batch.tokens)
+            batch.admitted = True
             self.batches[batch.id] = batch
         self.on_change()
+
+    def _release(self, batch: Batch) -> None:
+        if batch.admitted:
+            batch.admitted = False
+            self.ledger.release_batch(batch.model, batch.tokens)
+
+    def end_batch(self, batch: Batch, state: str, error: dict[str, Any] | None = None) -> bool:
+        """Move a live batch to terminal `state` and free its quota; False if it had ended or was deleted."""
+        with self.lock:
+            if batch.deleted or batch.state in State.TERMINAL:
+                return False
+            batch.state = state
+            batch.error = error
+            batch.end_time = batch.update_time = time.time()
+            self._release(batch)
+        self.on_batch_end(batch)
+        return True
+
+    def add_batch_tokens(self, batch: Batch, tokens: int) -> None:
+        """Tokens of a live batch counted after its create; a batch that has ended keeps what it had."""
+        with self.lock:
+            if batch.admitted:
+                batch.tokens += tokens
+                self.ledger.add_tokens(batch.model, tokens)
+
+    def running_count(self) -> int:
+        with self.lock:
+            return sum(1 for b in self.batches.values() if b.state == State.RUNNING)
 
     def batch(self, batch_id: str) -> Batch:
         with self.lock:
@@ -253,24 +326,27 @@ class Store:
                 raise ApiError(404, "Requested entity was not found.")
             return batch
 
-    def list_batches(self, page_size: int | None, token: str | None) -> tuple[list[Batch], str | None]:
+    def list_batches(
+        self, page_size: int | None, token: str | None, order: str = "newest"
+    ) -> tuple[list[Batch], str | None]:
         with self.lock:
-            return _page([b for b in self.batches.values() if not b.deleted], page_size, token)
+            return _page([b for b in self.batches.values() if not b.deleted], page_size, token, order)
 
     def cancel_batch(self, batch_id: str) -> Batch:
         """Best effort, idempotent: PENDING ends CANCELLED now, RUNNING at its next model batch."""
         with self.lock:
             batch = self.batch(batch_id)
-            if batch.state == State.PENDING:
-                batch.state = State.CANCELLED
-                batch.end_time = batch.update_time = time.time()
-            batch.stop.set()
+            batch.stop.set()  # from here on no worker claims it
+            pending = batch.state == State.PENDING
+        if pending:
+            self.end_batch(batch, State.CANCELLED)
         self.on_change()
         return batch
 
     def delete_batch(self, batch_id: str) -> None:
         with self.lock:
             batch = self.batch(batch_id)
+            self._release(batch)
             batch.deleted = True
             batch.stop.set()
             del self.batches[batch_id]
@@ -287,8 +363,11 @@ class Store:
                 if candidate not in self.files:
                     return candidate
 
-    def add_file(self, record: FileRecord) -> FileRecord:
+    def add_file(self, record: FileRecord, *, reserved: bool = False) -> FileRecord:
+        """Register a stored file; its bytes count towards storage (already, if `reserved` by its upload)."""
         with self.lock:
+            if not reserved:
+                self.ledger.add_bytes(record.size_bytes)
             record.seq = self.next_seq()
             self.files[record.id] = record
             return record
@@ -311,6 +390,7 @@ class Store:
         with self.lock:
             record = self.file(file_id)
             del self.files[file_id]
+            self.ledger.release_bytes(record.size_bytes)
         with contextlib.suppress(FileNotFoundError):
             record.path.unlink()
 
@@ -325,6 +405,7 @@ class Store:
             self.files.clear()
             self.uploads.clear()
             self.started.clear()
+            self.ledger.clear()
             self.generation += 1
             for folder in (self.files_dir, self.work_dir):
                 shutil.rmtree(folder, ignore_errors=True)

@@ -4,6 +4,10 @@ A session's bytes stream to a file under the data directory as they arrive (memo
 multi-GB files); its URL carries a random upload_id and is the only credential later requests need.
 Every answer on a session carries X-Goog-Upload-Status (google-genai retries a chunk whose answer
 lacks it).
+
+Quotas: a declared size over `file_bytes` is refused at start, and a declared size is reserved against
+`file_storage_bytes` at start; an undeclared size is checked and reserved chunk by chunk as bytes arrive.
+A refusal is a 429 that ends the session and frees what it had reserved.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ def upload_routes(emu: Emulator) -> list[Route]:
                 400, f"A resumable upload begins with X-Goog-Upload-Command: start, got {command!r}."
             )
         file_id, display_name, mime, declared = _file_metadata(request, await read_json(request))
+        if declared is not None:
+            emu.store.ledger.admit_bytes(declared)  # 429 when storage is full: no session is made
         path = emu.store.work_dir / f"upload-{file_id}-{new_id(6)}"
         path.touch()
         session_token = secrets.token_urlsafe(24)
@@ -90,6 +96,7 @@ def upload_routes(emu: Emulator) -> list[Route]:
                 declared_size=declared,
                 display_name=display_name,
                 hasher=hashlib.sha256(),
+                reserved=declared or 0,
             )
         url = (
             f"{base_url(request)}/upload/{version}/files?upload_id={session_token}&upload_protocol=resumable"
@@ -114,6 +121,7 @@ def upload_routes(emu: Emulator) -> list[Route]:
                 declared = int(declared_raw)
             except (TypeError, ValueError):
                 raise ApiError(400, f"Invalid upload size {declared_raw!r}.") from None
+            emu.store.ledger.check_file_size(declared)  # the file_bytes quota: 429
             if declared > MAX_FILE_BYTES:
                 raise ApiError(
                     400, f"The file is {declared} bytes; the Files API takes at most {MAX_FILE_BYTES} (2 GB)."
@@ -149,9 +157,21 @@ def upload_routes(emu: Emulator) -> list[Route]:
                         f"The upload sent more than the {session.declared_size} bytes declared at start.",
                         headers={"X-Goog-Upload-Status": "final"},
                     )
+                if session.declared_size is None:
+                    _reserve(session, len(chunk))
                 out.write(chunk)
                 session.hasher.update(chunk)
                 session.received += len(chunk)
+
+    def _reserve(session: UploadSession, size: int) -> None:
+        """Quota for `size` more bytes of an upload of undeclared size (a 429 ends the session)."""
+        final = {"X-Goog-Upload-Status": "final"}
+        try:
+            emu.store.ledger.check_file_size(session.received + size)
+            emu.store.ledger.admit_bytes(size)
+        except ApiError as exc:
+            raise ApiError(exc.code, exc.message, headers=final) from None
+        session.reserved += size
 
     def _finalize(session: UploadSession, request: Request, version: str) -> Response:
         if session.declared_size is not None and session.received != session.declared_size:
@@ -171,8 +191,10 @@ def upload_routes(emu: Emulator) -> list[Route]:
                 sha256_hex=session.hasher.hexdigest(),
                 source="UPLOADED",
                 display_name=session.display_name,
-            )
+            ),
+            reserved=True,
         )
+        session.reserved = 0  # the stored file holds these bytes now
         log.info("%s uploaded: %d bytes", record.name, record.size_bytes)
         return json_response(
             {"file": record.resource(base_url(request), version)}, headers=_status_headers(session, "final")
@@ -251,7 +273,9 @@ def upload_routes(emu: Emulator) -> list[Route]:
         with emu.store.lock:
             session.finished = True
             emu.store.uploads.pop(session.token, None)
+            reserved, session.reserved = session.reserved, 0
         if discard:
+            emu.store.ledger.release_bytes(reserved)
             with contextlib.suppress(FileNotFoundError):
                 session.path.unlink()
 

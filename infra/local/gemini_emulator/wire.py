@@ -215,21 +215,24 @@ def loads(data: bytes | str) -> Any:
         raise ApiError(400, f"Invalid JSON payload received. {exc}") from exc
 
 
-def page_token(seq: int) -> str:
-    """An opaque page token that resumes a newest-first listing below sequence number `seq`."""
-    return base64.urlsafe_b64encode(f"before:{seq}".encode()).decode().rstrip("=")
+def page_token(*values: int, kind: str = "before") -> str:
+    """An opaque page token: its kind (which listing order made it) and the numbers to resume from."""
+    text = ":".join([kind, *(str(v) for v in values)])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def parse_page_token(token: str) -> int:
-    """The sequence number inside a token from `page_token`; a foreign token is a 400."""
+def parse_page_token(token: str, kind: str = "before") -> int | list[int]:
+    """The number(s) inside a token from `page_token` of this `kind` (one number comes back bare);
+    a foreign token, or one from another listing order, is a 400."""
     try:
         padded = token + "=" * (-len(token) % 4)
-        kind, _, number = base64.urlsafe_b64decode(padded.encode()).decode().partition(":")
-        if kind != "before":
-            raise ValueError(kind)
-        return int(number)
+        found, *values = base64.urlsafe_b64decode(padded.encode()).decode().split(":")
+        if found != kind or not values:
+            raise ValueError(found)
+        numbers = [int(v) for v in values]
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"Invalid page token: {token!r}.") from exc
+    return numbers[0] if len(numbers) == 1 else numbers
 
 
 def _split_top(spec: str) -> list[str]:
