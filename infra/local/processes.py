@@ -556,5 +556,5 @@ class InstancePool:
     def records(self) -> list[dict[str, Any]]:
         """pid, start time and log of each running instance (recorded so a `down` can stop what a killed
         pool left behind)."""
-        return [{"pid": i.process.pid, "start_time": process_start_time(i.process.pid), "log": str(i.process.log_path)}
-                for i in self.instances if i.process.pid is not None]
+        return [{"pid": i.process.pid, "start_time": process_start_time(i.process.pid),
+                 "log": str(i.process.log_path)} for i in self.instances if i.process.pid is not None]

@@ -464,8 +464,9 @@ class Relay:
                 time.sleep(0.1)
 
     def ready(self) -> bool:
-        """True once every instance answers and every subscription is pulled."""
-        return self._ready.is_set() and all(function.ready() for function in self._functions.values())
+        """True once every instance has answered and every subscription is pulled (an instance restarted
+        later, after a timeout, does not make the relay unready: its function just has one fewer for a while)."""
+        return self._ready.is_set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop pulling; messages waiting for a retry are nacked now, so the next relay gets them at once;
@@ -551,7 +552,8 @@ class Relay:
         with self._stats.lock:
             for route in routes:
                 self._route_stats[route.subscription].drops_pending = count
-        self.log({"severity": "INFO", "message": "drop requested", "routes": [r.name for r in routes], "count": count})
+        self.log({"severity": "INFO", "message": "drop requested", "routes": [r.name for r in routes],
+                  "count": count})
         return self.state()
 
     def reset_stats(self, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -602,6 +604,8 @@ class Relay:
             counters.drops_pending -= 1
             counters.dropped_on_request += 1
             entry = {"id": message.message_id, "target": self._target(route), "outcome": "dropped"}
+            if route.kind == "storage" and message.attributes.get("objectId"):
+                entry["subject"] = f"objects/{message.attributes['objectId']}"
             self._stats.recent.append(entry)
         message.ack()
         self.log({"severity": "WARNING", "message": "dropped on request", "route": route.name, **entry})
@@ -668,10 +672,12 @@ class Relay:
 
     def _post(self, route: Route, event: CloudEventMessage, message: Any) -> _Attempt | None:
         """POST the event to the route's URL, or to a free instance of its function (None: the message was
-        drained while it waited for one)."""
+        drained while it waited for a slot or an instance)."""
         headers, body = event.http()
         if not route.function:
             with self._slots:
+                if self._drained(message):
+                    return None
                 return _call(lambda: self._http.post(route.url, headers=headers, content=body).status_code)
         function = self._functions[route.function]
         try:
@@ -684,7 +690,8 @@ class Relay:
             return _Attempt(None, 0, str(exc))
         return _from_invocation(invocation, function.timeout)
 
-    def _dead_letter(self, route: Route, message: Any, key: tuple[str, str], entry: dict[str, Any], attempt: int) -> None:
+    def _dead_letter(self, route: Route, message: Any, key: tuple[str, str], entry: dict[str, Any],
+                     attempt: int) -> None:
         """Publish the message to the route's dead-letter topic and ack it; if that fails, retry later."""
         attributes = dead_letter_attributes(message, route.subscription, attempt)
         try:
@@ -744,7 +751,8 @@ class Relay:
 
 
 def _log_line(entry: dict[str, Any], out: Any = None) -> None:
-    line = json.dumps({"time": rfc3339(datetime.now(UTC)), "logger": "relay", **entry}, ensure_ascii=False, default=str)
+    entry = {"time": rfc3339(datetime.now(UTC)), "logger": "relay", **entry}
+    line = json.dumps(entry, ensure_ascii=False, default=str)
     with _OUTPUT_LOCK:
         print(line, file=out or sys.stdout, flush=True)
 
@@ -788,8 +796,9 @@ def serve_front(host: str, port: int, pool: InstancePool, client: httpx.Client, 
             def send(base: str) -> tuple[int, list[tuple[str, str]], bytes]:
                 with client.stream(self.command, base.rstrip("/") + self.path, headers=headers, content=body,
                                    timeout=pool.timeout + CALL_GRACE_SECONDS) as answer:
+                    head = self.command == "HEAD"  # its Content-Length is the GET's: kept
                     kept = [(k, v) for k, v in answer.headers.multi_items()
-                            if k.lower() not in HOP_BY_HOP or (self.command == "HEAD" and k.lower() == "content-length")]
+                            if k.lower() not in HOP_BY_HOP or (head and k.lower() == "content-length")]
                     return answer.status_code, kept, b"".join(answer.iter_raw())
 
             try:
@@ -802,8 +811,9 @@ def serve_front(host: str, port: int, pool: InstancePool, client: httpx.Client, 
                 self._plain(504, f"the function {pool.name} timed out after {pool.timeout:g}s: its instance was "
                                  "killed and is restarted")
             elif invocation.error is not None:
+                error = f"{type(invocation.error).__name__}: {invocation.error}"
                 log({"severity": "ERROR", "message": "instance failed", "function": pool.name,
-                     "instance": invocation.instance, "error": f"{type(invocation.error).__name__}: {invocation.error}"})
+                     "instance": invocation.instance, "error": error})
                 self._plain(503, f"the function {pool.name}'s instance failed: {type(invocation.error).__name__}")
             else:
                 self._answer(*invocation.value)
@@ -852,7 +862,7 @@ def load_config(path: Path, log: Any) -> tuple[list[Route], dict[str, InstancePo
                 name, spec["argv"], count=int(spec.get("instances", 1)), concurrency=int(spec.get("concurrency", 1)),
                 timeout=float(spec["timeout_s"]), health_path=spec.get("health_path", "/"), env=spec.get("env", {}),
                 cwd=Path(spec["cwd"]) if spec.get("cwd") else None, host=spec.get("host", "127.0.0.1"),
-                log_path=lambda index, name=name, logs=logs: logs / (f"{name}.log" if index == 0 else f"{name}-{index}.log"),
+                log_path=lambda i, name=name, logs=logs: logs / (f"{name}.log" if i == 0 else f"{name}-{i}.log"),
                 on_change=on_change, log=log)
         routes = [Route(r["kind"], r["subscription"], r.get("url", ""), r.get("topic", ""), r.get("function", ""),
                         r.get("trigger", ""), r.get("dead_letter_topic", "")) for r in config.get("routes", [])]
@@ -931,7 +941,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         relay = Relay(routes, functions=pools, max_in_flight=args.max_in_flight, timeout=args.timeout,
                       min_backoff=args.min_backoff, max_backoff=args.max_backoff,
                       max_delivery_attempts=args.max_delivery_attempts,
-                      urls={f["name"]: f"http://{f.get('host', '127.0.0.1')}:{f['port']}/" for f in config.get("functions", [])})
+                      urls={f["name"]: f"http://{f.get('host', '127.0.0.1')}:{f['port']}/"
+                            for f in config.get("functions", [])})
     except ValueError as exc:
         parser.error(str(exc))
     return _serve(relay, args, config, pools, log)
@@ -961,10 +972,11 @@ def _serve(relay: Relay, args: argparse.Namespace, config: Mapping[str, Any], po
                 "drain": relay.drain, "drop": relay.drop, "reset_stats": relay.reset_stats}, ready=relay.ready))
         http = httpx.Client(trust_env=False, follow_redirects=False)
         for spec in config.get("functions", []):
-            servers.append(serve_front(spec.get("host", "127.0.0.1"), int(spec["port"]), pools[spec["name"]], http, log))
+            host, port = spec.get("host", "127.0.0.1"), int(spec["port"])
+            servers.append(serve_front(host, port, pools[spec["name"]], http, log))
         threading.Thread(target=start, name="relay-start", daemon=True).start()
-        log({"severity": "INFO", "message": "relay started", "functions": sorted(pools),
-             "routes": [f"{r.kind}:{r.subscription} -> {relay._target(r)}" for r in relay._routes]})
+        log({"severity": "INFO", "message": "relay starting", "functions": sorted(pools),
+             "routes": [f"{r['kind']}:{r['subscription']} -> {r['url']}" for r in relay.state()["routes"]]})
         while not done.wait(1.0):
             if relay.ready() and not relay.state()["ok"]:
                 log({"severity": "ERROR", "message": "a subscription stream ended; exiting"})

@@ -38,6 +38,7 @@ import re
 import secrets
 import shlex
 import shutil
+import string
 import subprocess
 import sys
 import threading
@@ -215,8 +216,9 @@ class Function:
         return root / self.source / "main.py"
 
     def missing(self, root: Path) -> str | None:
-        """Why it cannot run from `root`: no main.py, or no `target` defined in it; None when it can (a
-        main.py that does not parse runs, and functions-framework says what is wrong)."""
+        """Why it cannot run from `root`: no main.py, or no `target` defined at its top level (a def, an
+        import, an assignment); None when it can (a main.py that does not parse runs, and
+        functions-framework says what is wrong)."""
         path = self.main_py(root)
         if not path.is_file():
             return f"{self.source}/main.py does not exist"
@@ -224,10 +226,20 @@ class Function:
             tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         except (SyntaxError, ValueError, UnicodeDecodeError):
             return None
-        defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
-        defined |= {alias.asname or alias.name for node in tree.body if isinstance(node, ast.ImportFrom)
-                    for alias in node.names}
-        return None if self.target in defined else f"{self.source}/main.py defines no `{self.target}`"
+        return None if self.target in _top_level_names(tree) else f"{self.source}/main.py defines no `{self.target}`"
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(target.id for target in targets if isinstance(target, ast.Name))
+    return names
 
 
 # Defaults as infra/terraform/functions.tf and variables.tf (function_sizing): 540 s for event functions,
@@ -236,8 +248,8 @@ FUNCTION_TABLE: tuple[Function, ...] = (
     Function("submit", "functions/submit", "submit", "cloudevent", Storage(), 540, max_instances=10, port=8210),
     Function("poller", "functions/poller", "poller", "http", Scheduled("POLLER_TICK_SECONDS", 2.0), 180,
              instances=2, max_instances=2, needs_token=True, port=8211),
-    Function("complete", "functions/complete", "complete", "cloudevent", Topic("COMPLETE_TOPIC", "embedding-complete"),
-             540, max_instances=10, port=8212),
+    Function("complete", "functions/complete", "complete", "cloudevent",
+             Topic("COMPLETE_TOPIC", "embedding-complete"), 540, max_instances=10, port=8212),
     Function("status", "functions/status", "status", "http", Http(), 60, max_instances=3, concurrency=8,
              needs_token=True, port=8213),
     Function("stage", "functions/submit", "stage", "cloudevent", Topic("STAGE_TOPIC", "embedding-stage"), 540,
@@ -563,16 +575,19 @@ def _pubsub_env(stack: LocalStack, tools: Tools) -> dict[str, str]:
 
 def _gcs_command(stack: LocalStack, tools: Tools) -> list[str]:
     env = stack.env
-    return [str(tools.fake_gcs), "-backend", "memory", "-scheme", "http", "-host", HOST, "-port", str(stack.port["gcs"]),
-            "-external-url", stack.url("gcs").rstrip("/"), "-log-level", "warn",
-            "-event.pubsub-project-id", env["GOOGLE_CLOUD_PROJECT"], "-event.pubsub-topic", env["GCS_NOTIFICATION_TOPIC"],
+    return [str(tools.fake_gcs), "-backend", "memory", "-scheme", "http", "-host", HOST,
+            "-port", str(stack.port["gcs"]), "-external-url", stack.url("gcs").rstrip("/"), "-log-level", "warn",
+            "-event.pubsub-project-id", env["GOOGLE_CLOUD_PROJECT"],
+            "-event.pubsub-topic", env["GCS_NOTIFICATION_TOPIC"],
             "-event.bucket", env["INPUT_BUCKET"], "-event.list", "finalize"]
 
 
 def _gemini_env(stack: LocalStack, tools: Tools) -> dict[str, str]:
-    """The emulator's settings: every GEMINI_EMULATOR_* setting given (GEMINI_EMULATOR_QUOTAS and
-    GEMINI_EMULATOR_WEBHOOKS among them), its key, the log level."""
-    passed = {k: v for k, v in stack.env.items() if k.startswith("GEMINI_EMULATOR_") and k != "GEMINI_EMULATOR_ADMIN_URL"}
+    """The emulator's settings: every GEMINI_EMULATOR_* setting given, its key, the log level.
+    GEMINI_EMULATOR_QUOTAS and GEMINI_EMULATOR_WEBHOOKS may name the stack's settings as `${NAME}` (e.g.
+    `${WEBHOOK_URL}`, known once the ports are): they are filled in here."""
+    passed = {k: string.Template(v).safe_substitute(stack.env) if k in JSON_OBJECT_KNOBS else v
+              for k, v in stack.env.items() if k.startswith("GEMINI_EMULATOR_") and k != "GEMINI_EMULATOR_ADMIN_URL"}
     return {**_python_env(stack), **passed, "GEMINI_EMULATOR_API_KEY": stack.env["GEMINI_API_KEY"],
             "LOG_LEVEL": stack.env["LOG_LEVEL"]}
 
@@ -859,7 +874,8 @@ class LocalStack:
             raise StackError("this LocalStack is already started")
         self._aborted, self.startup_seconds, self.ready_after = False, None, {}
         tools = locate_tools(self.selected)
-        busy = [f"{port} ({PORT_ENV.get(name, name)}, for {name})" for name, port in self.port.items() if port_in_use(port)]
+        busy = [f"{port} ({PORT_ENV.get(name, name)}, for {name})"
+                for name, port in self.port.items() if port_in_use(port)]
         if busy:
             raise StackError("ports in use: " + ", ".join(busy) + "; free them or choose others")
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -1101,7 +1117,8 @@ class LocalStack:
 
     def dead_letter_hold(self, function: str) -> str:
         """The subscription that keeps `function`'s dead letters (`<topic>-hold`, as in Terraform)."""
-        return f"projects/{self.env['GOOGLE_CLOUD_PROJECT']}/subscriptions/{self.env[self.functions[function].dead_letter_key]}-hold"
+        topic = self.env[self.functions[function].dead_letter_key]
+        return f"projects/{self.env['GOOGLE_CLOUD_PROJECT']}/subscriptions/{topic}-hold"
 
     # -- resources
 
@@ -1122,7 +1139,8 @@ class LocalStack:
                 for name, topic in ((self.subscription(row.name), row.trigger.topic_key),
                                     (self.dead_letter_hold(row.name), row.dead_letter_key)):
                     with contextlib.suppress(AlreadyExists):
-                        subscriber.create_subscription(name=name, topic=self.topic_path(topic), ack_deadline_seconds=60)
+                        subscriber.create_subscription(name=name, topic=self.topic_path(topic),
+                                                       ack_deadline_seconds=60)
         finally:
             subscriber.close()
             publisher.transport.close()

@@ -230,7 +230,8 @@ def parse_jobs(text: str, token: str) -> list[Ticker]:
     for job in jobs:
         if not isinstance(job, dict) or not job.get("name") or not job.get("url"):
             raise ValueError(f"a job needs a name and a url: {job!r}")
-        every, timeout = float(job.get("every_s", DEFAULT_TICK_SECONDS)), float(job.get("timeout_s", DEFAULT_TIMEOUT_SECONDS))
+        every = float(job.get("every_s", DEFAULT_TICK_SECONDS))
+        timeout = float(job.get("timeout_s", DEFAULT_TIMEOUT_SECONDS))
         if every <= 0 or timeout <= 0:
             raise ValueError(f"job {job['name']}: every_s and timeout_s must be positive")
         if job.get("token") and not token:

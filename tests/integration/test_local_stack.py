@@ -505,6 +505,8 @@ def test_a_dropped_finalize_event_never_reaches_the_function(probes):
     wait_until(lambda: probes.records(subject=f"objects/{kept.name}", stage="end"), 30, 0.1, "the next event")
 
     assert probes.records(subject=f"objects/{lost.name}") == [], "the lost event was never delivered"
+    outcomes = {d.get("subject"): d["outcome"] for d in stack.relay_state()["recent"]}
+    assert (outcomes[f"objects/{lost.name}"], outcomes[f"objects/{kept.name}"]) == ("dropped", "ack")
     [route] = [r for r in stack.relay_state()["routes"] if r["function"] == "landing"]
     assert route["drops_pending"] == 0 and route["trigger"] == "storage"
     with pytest.raises(StackError, match="no route 'nothing'"):
@@ -522,3 +524,16 @@ def test_instances_a_killed_relay_left_behind_are_stopped_with_the_stack(tmp_pat
         assert group_alive(instance["pid"]), "an instance outlives its killed relay"
     assert not group_alive(instance["pid"])
     assert not local.instances_path.exists() and not local.relay_config_path.exists()
+
+
+def test_the_gemini_emulator_gets_its_quota_and_webhook_settings(tmp_path):
+    quotas = '{"gemini-embedding-001": {"requests_per_minute": 5}}'
+    webhooks = '{"url": "${GEMINI_API_BASE_URL}/hook"}'
+    with LocalStack(ROOT, components=["gemini"], state_dir=tmp_path,
+                    overrides={"GEMINI_EMULATOR_QUOTAS": quotas, "GEMINI_EMULATOR_WEBHOOKS": webhooks}) as local:
+        if "gemini" not in local.parts:
+            pytest.skip(local.skipped["gemini"])
+        raw = Path(f"/proc/{local.parts['gemini'].pid}/environ").read_bytes()
+        environ = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    assert environ["GEMINI_EMULATOR_QUOTAS"] == quotas
+    assert json.loads(environ["GEMINI_EMULATOR_WEBHOOKS"]) == {"url": f"{local.env['GEMINI_API_BASE_URL']}/hook"}

@@ -454,6 +454,7 @@ def test_drop_loses_the_next_n_deliveries_of_one_trigger_only():
     state = relay.state()
     assert state["dropped_on_request"] == 2 and state["routes"][0]["drops_pending"] == 0
     assert [d["outcome"] for d in state["recent"][:2]] == ["dropped", "dropped"]
+    assert state["recent"][0]["subject"] == "objects/incoming/a b.jsonl"
 
 
 @pytest.mark.parametrize(("params", "problem"), [

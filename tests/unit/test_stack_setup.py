@@ -247,7 +247,8 @@ def test_todays_rows_and_the_core_teams_new_ones():
 
 def test_a_function_runs_only_when_its_entry_point_is_defined(tmp_path):
     root = fake_repo(tmp_path, {**TODAY, "submit": "import x\n\ndef submit(e): ...\n\ndef staging(e): ...\n",
-                                "poller": "from shared.entrypoints import poll_worker\n\ndef poller(r): ...\n"})
+                                "poller": "from shared.entrypoints import poll_worker\n\ndef poller(r): ...\n",
+                                "complete": "from x import handler\n\ncomplete = handler('complete')\n"})
     local = LocalStack(root)
 
     assert list(local.functions) == ["submit", "poller", "complete", "status", "poll_worker"]
@@ -377,10 +378,12 @@ def test_the_components_start_and_stop_in_dependency_order():
 
 
 def test_settings_are_local_and_overridable(tmp_path):
-    local = LocalStack(fake_repo(tmp_path, {"poller": TODAY["poller"], "complete": TODAY["complete"]}, gemini=True),
-                       ports={"gcs": 4443, "gemini": 8203},
+    root = fake_repo(tmp_path, {"poller": TODAY["poller"], "complete": TODAY["complete"],
+                                "webhook": "def webhook(r): ...\n"}, gemini=True)
+    webhooks = '{"url": "${WEBHOOK_URL}batches", "other": "$HOME ${NOT_A_SETTING}"}'
+    local = LocalStack(root, ports={"gcs": 4443, "gemini": 8203},
                        overrides={"INPUT_PREFIX": "in/", "EXTRA": "1", "POLLER_TICK_SECONDS": "0.5",
-                                  "GEMINI_EMULATOR_QUOTAS": '{"rpm": 5}', "GEMINI_EMULATOR_WEBHOOKS": "{}"})
+                                  "GEMINI_EMULATOR_QUOTAS": '{"rpm": 5}', "GEMINI_EMULATOR_WEBHOOKS": webhooks})
 
     env = local.env
     assert env["STORAGE_EMULATOR_HOST"] == "http://127.0.0.1:4443"
@@ -401,7 +404,10 @@ def test_settings_are_local_and_overridable(tmp_path):
     assert relay_argv[-2:] == ["--config", str(local.relay_config_path)] and relay_probe.endswith("/ready")
     _, _, gemini_env = local.spec("gemini", Tools())
     assert gemini_env["GEMINI_EMULATOR_API_KEY"] == env["GEMINI_API_KEY"]
-    assert (gemini_env["GEMINI_EMULATOR_QUOTAS"], gemini_env["GEMINI_EMULATOR_WEBHOOKS"]) == ('{"rpm": 5}', "{}")
+    assert gemini_env["GEMINI_EMULATOR_QUOTAS"] == '{"rpm": 5}'
+    assert json.loads(gemini_env["GEMINI_EMULATOR_WEBHOOKS"]) == {
+        "url": f"{local.url('webhook')}batches", "other": "$HOME ${NOT_A_SETTING}"}, "settings filled in, nothing else"
+    assert env["GEMINI_EMULATOR_WEBHOOKS"] == webhooks, "the env file keeps what was given"
     assert "GEMINI_EMULATOR_QUOTAS" not in LocalStack(local.root).spec("gemini", Tools())[2], "unset: not passed"
 
 
