@@ -100,6 +100,7 @@ DEFAULT_MIN_BACKOFF_SECONDS = 0.5  # Eventarc: 10 s .. 600 s; shorter here so lo
 DEFAULT_MAX_BACKOFF_SECONDS = 30.0
 DEFAULT_MAX_DELIVERY_ATTEMPTS = 10  # infra/terraform: var.dead_letter_max_delivery_attempts
 CALL_GRACE_SECONDS = 30.0  # a call's HTTP timeout over the function's: the watchdog ends it first
+SUBSCRIPTION_WAIT_SECONDS = 150.0  # the stack creates the subscriptions once Pub/Sub answers (up to 60 s+)
 MAX_OUTSTANDING_MESSAGES = 100  # leased at once per subscription, including those waiting to be retried
 RECENT_DELIVERIES = 200  # kept for the health endpoint
 # Headers that describe one connection, not the message: never forwarded by the fronts.
@@ -376,7 +377,7 @@ class Relay:
         max_backoff: float = DEFAULT_MAX_BACKOFF_SECONDS,
         max_delivery_attempts: int = DEFAULT_MAX_DELIVERY_ATTEMPTS,
         out: Any = None,
-        subscription_wait: float = 60.0,
+        subscription_wait: float = SUBSCRIPTION_WAIT_SECONDS,
     ):
         self._functions = dict(functions or {})
         for route in routes:
