@@ -3,6 +3,10 @@
 Each process runs in its own process group (so a Java emulator started by a wrapper script goes down with
 it), writes its output to a log file (a pipe nobody reads fills up and hangs the child), and is stopped by
 its group id only: nothing this module did not start is touched.
+
+`InstancePool` runs N copies of one server (a function's instances), each serving at most `concurrency`
+calls at once; a call that outlives the pool's timeout has its instance's process group killed, and the
+instance is started again, as Cloud Functions ends an invocation that runs past its timeout.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,7 +30,11 @@ import httpx
 
 __all__ = [
     "BASE_ENV_KEYS",
+    "Instance",
+    "InstancePool",
+    "Invocation",
     "ManagedProcess",
+    "PoolClosed",
     "StartupError",
     "answers",
     "base_env",
@@ -213,6 +222,16 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    def exited_within(self, seconds: float) -> bool:
+        """True when the process has ended, or ends within `seconds`."""
+        if self.popen is None:
+            return True
+        try:
+            self.popen.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
             return
@@ -231,26 +250,45 @@ def serve_json(
     host: str,
     port: int,
     state: Callable[[], Mapping[str, Any]],
-    actions: Mapping[str, Callable[[], Mapping[str, Any]]] | None = None,
+    actions: Mapping[str, Callable[[Mapping[str, Any]], Mapping[str, Any]]] | None = None,
+    ready: Callable[[], bool] | None = None,
 ) -> ThreadingHTTPServer:
-    """Serve `GET /health` (any path) as the JSON of `state()`, and `POST /NAME` as the JSON of
-    `actions[NAME]()`, from a daemon thread; return the server (`shutdown()` stops it).
+    """Serve `GET /ready` (200 once `ready()`, else 503), any other GET as the JSON of `state()`, and
+    `POST /NAME` as the JSON of `actions[NAME](params)`, `params` being the request's JSON object body
+    (`{}` without one), from a daemon thread; return the server (`shutdown()` stops it).
 
-    The stack's own helper processes (relay, ticker) use it so `wait_ready` can await them and tests can
-    read their counters or pause them.
+    An action raising `ValueError` answers 400 with its message. The stack's own helper processes (relay,
+    ticker) use it so `wait_ready` can await them and tests can read their counters or steer them.
     """
     known = dict(actions or {})
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - the http.server API
-            self._reply(200, state())
+            if self.path.split("?")[0] == "/ready":
+                ok = ready is None or ready()
+                self._reply(200 if ok else 503, {"ready": ok})
+            else:
+                self._reply(200, state())
 
         def do_POST(self) -> None:  # noqa: N802
-            action = known.get(self.path.strip("/"))
+            action = known.get(self.path.split("?")[0].strip("/"))
             if action is None:
                 self._reply(404, {"error": f"no action {self.path}", "actions": sorted(known)})
-            else:
-                self._reply(200, action())
+                return
+            try:
+                self._reply(200, action(self._params()))
+            except ValueError as exc:
+                self._reply(400, {"error": str(exc)})
+
+        def _params(self) -> Mapping[str, Any]:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                params = json.loads(body) if body.strip() else {}
+            except ValueError as exc:
+                raise ValueError(f"the body is not JSON: {exc}") from exc
+            if not isinstance(params, dict):
+                raise ValueError("the body must be a JSON object")
+            return params
 
         def _reply(self, status: int, payload: Mapping[str, Any]) -> None:
             body = json.dumps(payload, default=str).encode()
@@ -267,3 +305,256 @@ def serve_json(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name=f"health:{port}", daemon=True).start()
     return server
+
+
+# -- a pool of instances ------------------------------------------------------------------------------------
+
+INSTANCE_STOP_SECONDS = 3.0  # SIGTERM grace of an instance when the pool closes (a busy gunicorn waits 30 s)
+RESTART_PAUSE_SECONDS = 1.0  # between attempts to start an instance that failed to come up
+DEATH_GRACE_SECONDS = 2.0  # after a call failed without an answer, how long its instance may take to exit
+
+
+class PoolClosed(RuntimeError):
+    """The pool is closing: no instance will be free again."""
+
+
+@dataclass
+class Instance:
+    """One process of a pool: its port, how many calls it serves now, its history."""
+
+    index: int
+    port: int
+    process: ManagedProcess
+    url: str
+    ready: bool = False
+    active: int = 0  # calls under way
+    calls: int = 0
+    restarts: int = 0
+    killed: bool = False  # a call outlived the timeout: the group was killed; restarted once its calls end
+
+    def state(self) -> dict[str, Any]:
+        return {"index": self.index, "pid": self.process.pid, "port": self.port, "ready": self.ready,
+                "active": self.active, "calls": self.calls, "restarts": self.restarts}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """The end of one call: what `send` returned or raised, how long it took, whether the timeout killed it."""
+
+    instance: int
+    seconds: float
+    timed_out: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+class InstancePool:
+    """`count` copies of one server, started from `argv` (every `{port}` replaced by the instance's port),
+    each serving at most `concurrency` calls at once.
+
+    `with pool.instance() as instance:` waits for a free, ready instance; `pool.invoke(instance, send)` runs
+    `send(instance.url)` under the timeout. A call still running after `timeout` seconds has its instance's
+    process group killed (SIGKILL: its `send` then fails) and counts as timed out; an instance killed or
+    found dead is started again in the background once its calls have ended, and takes calls when it
+    answers `health_path` again. Counters: calls, the longest call, timeouts, crashes (an instance that
+    died on its own). Logs: `log_path(index)`, appended across restarts.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Callable[[int], Path],
+        timeout: float,
+        count: int = 1,
+        concurrency: int = 1,
+        health_path: str = "/",
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        host: str = "127.0.0.1",
+        ready_timeout: float = 120.0,
+        on_change: Callable[[], None] | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ):
+        if count < 1 or concurrency < 1 or timeout <= 0:
+            raise ValueError(f"{name}: instances and concurrency must be at least 1 and the timeout positive")
+        self.name, self.timeout, self.concurrency = name, timeout, concurrency
+        self._ready_timeout = ready_timeout
+        self._on_change = on_change or (lambda: None)
+        self._log = log or (lambda entry: None)
+        self._cond = threading.Condition()
+        self._closed = False
+        self.calls = self.timeouts = self.crashes = 0
+        self.longest = 0.0
+        self.instances: list[Instance] = []
+        for index in range(count):
+            port = free_port()
+            process = ManagedProcess(f"{name}#{index}", [part.replace("{port}", str(port)) for part in argv],
+                                     log_path(index), f"http://{host}:{port}{health_path}", env=dict(env or {}),
+                                     cwd=cwd, inherit_env=False)
+            self.instances.append(Instance(index, port, process, f"http://{host}:{port}/"))
+
+    # lifecycle
+
+    def start(self) -> None:
+        """Start every instance at once; return when each answers, else stop them all and raise
+        `StartupError` naming each that failed, with its log tail."""
+        failures: list[str] = []
+
+        def bring_up(instance: Instance) -> None:
+            try:
+                self._boot(instance, "starting")
+            except (StartupError, PoolClosed) as exc:
+                failures.append(str(exc))
+
+        threads = [threading.Thread(target=bring_up, args=(i,), daemon=True) for i in self.instances]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            self.close()
+            raise StartupError("\n".join(failures))
+
+    def close(self) -> None:
+        """No call starts any more (waiters get `PoolClosed`); every instance is stopped, in parallel."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        threads = [threading.Thread(target=i.process.stop, args=(INSTANCE_STOP_SECONDS,), daemon=True)
+                   for i in self.instances]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _boot(self, instance: Instance, why: str) -> None:
+        process = instance.process
+        with process.log_path.open("a") as out:  # logs accumulate: mark where this run begins
+            out.write(f"----- {process.name} {why} {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC\n")
+        process.start()
+        with self._cond:
+            closed = self._closed
+        if closed:  # `close` ran meanwhile and may have missed this process: stop it here
+            process.stop(INSTANCE_STOP_SECONDS)
+            raise PoolClosed(f"{self.name} is stopping")
+        self._on_change()
+        process.wait_ready(self._ready_timeout)
+        with self._cond:
+            instance.ready, instance.killed = True, False
+            self._cond.notify_all()
+
+    # calls
+
+    @contextlib.contextmanager
+    def instance(self) -> Iterator[Instance]:
+        """A ready instance with a free slot, held for the block; raises `PoolClosed` once closing."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise PoolClosed(f"{self.name} is stopping")
+                free = [i for i in self.instances if i.ready and i.active < self.concurrency]
+                if free:
+                    chosen = min(free, key=lambda i: (i.active, i.calls))
+                    chosen.active += 1
+                    break
+                self._cond.wait(0.5)
+        try:
+            yield chosen
+        finally:
+            self._release(chosen)
+
+    def invoke(self, instance: Instance, send: Callable[[str], Any]) -> Invocation:
+        """`send(instance.url)` under the timeout; never raises what `send` raises (it is in the result)."""
+        expired = threading.Event()
+
+        def expire() -> None:
+            with self._cond:
+                if done:
+                    return
+                expired.set()
+                instance.killed = True
+            self._log({"severity": "WARNING", "message": "timeout: instance killed", "function": self.name,
+                       "instance": instance.index, "pid": instance.process.pid, "timeout_s": self.timeout})
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.killpg(instance.process.pid, signal.SIGKILL)
+
+        done = False
+        watchdog = threading.Timer(self.timeout, expire)
+        watchdog.daemon = True
+        with self._cond:
+            instance.calls += 1
+        started = time.monotonic()
+        watchdog.start()
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = send(instance.url)
+        except Exception as exc:  # noqa: BLE001 - handed back in the result
+            error = exc
+        finally:
+            watchdog.cancel()
+            with self._cond:
+                done = True
+                seconds = time.monotonic() - started
+                self.calls += 1
+                self.longest = max(self.longest, seconds)
+                self.timeouts += expired.is_set()
+        if error is not None and not expired.is_set():  # no answer: let a dying instance be seen dead
+            instance.process.exited_within(DEATH_GRACE_SECONDS)
+        return Invocation(instance.index, round(seconds, 3), expired.is_set(), value, error)
+
+    def _release(self, instance: Instance) -> None:
+        with self._cond:
+            instance.active -= 1
+            dead = instance.ready and (instance.killed or not instance.process.alive())
+            if dead:
+                instance.ready = False  # no new call; restarted once the calls under way have ended
+                self.crashes += not instance.killed
+            restart = not instance.ready and instance.active == 0 and not self._closed and (dead or instance.killed)
+            self._cond.notify_all()
+        if restart:
+            threading.Thread(target=self._restart, args=(instance,), name=f"restart:{self.name}", daemon=True).start()
+
+    def _restart(self, instance: Instance) -> None:
+        why = "restarted after a timeout" if instance.killed else "restarted after it died"
+        while True:
+            instance.process.stop(INSTANCE_STOP_SECONDS)
+            with self._cond:
+                if self._closed:
+                    return
+                instance.restarts += 1
+            try:
+                self._boot(instance, why)
+                return
+            except PoolClosed:
+                return
+            except StartupError as exc:
+                self._log({"severity": "ERROR", "message": "instance did not start again", "function": self.name,
+                           "instance": instance.index, "error": str(exc)})
+                time.sleep(RESTART_PAUSE_SECONDS)
+
+    # reading
+
+    def ready(self) -> bool:
+        with self._cond:
+            return all(i.ready for i in self.instances)
+
+    def state(self) -> dict[str, Any]:
+        with self._cond:
+            return {"timeout_s": self.timeout, "concurrency": self.concurrency, "invocations": self.calls,
+                    "longest_invocation_s": round(self.longest, 3), "timeouts": self.timeouts,
+                    "crashes": self.crashes, "busy": sum(i.active for i in self.instances),
+                    "instances": [i.state() for i in self.instances]}
+
+    def reset_counters(self) -> None:
+        with self._cond:
+            self.calls = self.timeouts = self.crashes = 0
+            self.longest = 0.0
+
+    def records(self) -> list[dict[str, Any]]:
+        """pid, start time and log of each running instance (recorded so a `down` can stop what a killed
+        pool left behind)."""
+        return [{"pid": i.process.pid, "start_time": process_start_time(i.process.pid),
+                 "log": str(i.process.log_path)} for i in self.instances if i.process.pid is not None]

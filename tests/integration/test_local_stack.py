@@ -1,7 +1,10 @@
-"""The local stack itself: it starts, answers, is wired as in the cloud, resets, and stops without a trace.
+"""The local stack itself: it starts, answers, is wired as in the cloud, plays the cloud's limits, resets,
+and stops without a trace.
 
 The relay's CloudEvents are checked at a recording HTTP server (a second relay process on its own
-subscription); the stack's own wiring with the real functions that exist.
+subscription); the stack's own wiring with the real functions that exist. The cloud's limits (timeouts,
+instances, dead letters, lost events) on a stack of their own whose functions are the test-only rows of
+tests/integration/stack_functions: each invocation is written to a log the tests read.
 """
 
 from __future__ import annotations
@@ -9,9 +12,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -26,7 +32,18 @@ from google.cloud import firestore, pubsub_v1, storage
 
 from embedpipe.config import parse_env_file
 from infra.local.processes import ManagedProcess, answers, free_port, group_alive, wait_until
-from infra.local.stack import ENV_KEYS, FUNCTIONS, AlreadyRunning, LocalStack, stop_orphaned
+from infra.local.stack import (
+    ENV_KEYS,
+    FUNCTIONS,
+    AlreadyRunning,
+    Function,
+    Http,
+    LocalStack,
+    StackError,
+    Storage,
+    Topic,
+    stop_orphaned,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -118,7 +135,7 @@ def test_every_part_answers_and_the_env_file_holds_every_setting(stack: LocalSta
     missing = [key for key in ENV_KEYS if key not in env]
     assert not missing
     for name in FUNCTIONS:
-        assert (f"{name.upper()}_URL" in env) == (name in stack.parts)
+        assert (f"{name.upper()}_URL" in env) == (name in stack.functions)
     urls = [value for key, value in env.items() if key.endswith("_URL") and key != "GEMINI_API_BASE_URL"]
     urls += [f"http://{env['FIRESTORE_EMULATOR_HOST']}/", f"http://{env['PUBSUB_EMULATOR_HOST']}/",
              f"{env['STORAGE_EMULATOR_HOST']}/storage/v1/b"]
@@ -132,6 +149,11 @@ def test_every_part_answers_and_the_env_file_holds_every_setting(stack: LocalSta
     recorded = json.loads(stack.state_path.read_text())["processes"]
     assert {name: rec["pid"] for name, rec in recorded.items()} == {name: p.pid for name, p in stack.parts.items()}
     assert all(group_alive(part.pid) for part in stack.parts.values())
+    instances = json.loads(stack.instances_path.read_text())
+    assert set(instances) == set(stack.functions)
+    assert all(group_alive(rec["pid"]) for records in instances.values() for rec in records)
+    groups = stack.process_groups()
+    assert {name: len(groups[name]) for name in stack.functions} == {n: f.instances for n, f in stack.functions.items()}
 
 
 def test_an_upload_reaches_the_target_as_eventarcs_storage_cloudevent_with_retry(clean_stack, recorder, tmp_path):
@@ -201,7 +223,7 @@ def test_a_message_reaches_the_target_as_eventarcs_pubsub_cloudevent(clean_stack
 
 
 def test_the_stacks_relay_delivers_uploads_to_the_real_submit_function(clean_stack):
-    if "submit" not in clean_stack.parts:
+    if "submit" not in clean_stack.functions:
         pytest.skip(clean_stack.skipped.get("submit", "submit not selected"))
     name = f"wiring-test/{uuid.uuid4().hex}.txt"  # outside INPUT_PREFIX: submit acknowledges and ignores it
     storage.Client().bucket(os.environ["INPUT_BUCKET"]).blob(name).upload_from_string(b"x")
@@ -210,7 +232,9 @@ def test_the_stacks_relay_delivers_uploads_to_the_real_submit_function(clean_sta
         return [d for d in clean_stack.relay_state()["recent"] if d.get("subject") == f"objects/{name}"]
 
     wait_until(lambda: any(d["outcome"] == "ack" for d in delivered()), 30, what="the relay to deliver to submit")
-    assert delivered()[-1]["target"] == clean_stack.env["SUBMIT_URL"]
+    assert delivered()[-1]["target"] == clean_stack.env["SUBMIT_URL"] and delivered()[-1]["function"] == "submit"
+    stats = clean_stack.function_stats()["submit"]
+    assert stats["invocations"] >= 1 and stats["longest_invocation_s"] > 0 and stats["timeouts"] == 0
 
 
 def test_the_ticker_calls_the_poller_with_the_token(stack):
@@ -295,11 +319,12 @@ def test_a_stack_whose_owner_was_killed_is_stopped_by_the_next_session(tmp_path)
 def test_cli_up_status_env_down_on_free_ports(tmp_path):
     state_dir = tmp_path / "state"
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "infra.local.stack", *args, "--state-dir", str(state_dir)],
-                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+                              cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})})
 
-    up = cli("up", "--free-ports", "--without", "gemini")
+    up = cli("up", "--free-ports", "--without", "gemini", env={"FUNCTION_INSTANCES": '{"complete": 2}',
+                                                                "FUNCTION_TIMEOUTS": '{"complete": 77}'})
     try:
         assert up.returncode == 0, up.stderr
         assert "Local stack up in" in up.stdout
@@ -307,7 +332,10 @@ def test_cli_up_status_env_down_on_free_ports(tmp_path):
         assert not [key for key in ENV_KEYS if key not in env]
         urls = [v for k, v in env.items() if k.endswith("_URL") and not k.startswith("GEMINI")]
         assert not [url for url in urls if not answers(url, timeout=5)]
-        assert cli("status").returncode == 0
+        status = cli("status")
+        assert status.returncode == 0, status.stdout
+        assert re.search(r"\n  complete +2 instance\(s\), timeout 77s: \d+ invocations", status.stdout), status.stdout
+        instance_pids = [r["pid"] for rs in json.loads((state_dir / "instances.json").read_text()).values() for r in rs]
         assert cli("env").stdout == (state_dir / "env").read_text()
         again = cli("up", "--free-ports")
         assert again.returncode == 1 and "already running" in again.stderr
@@ -315,6 +343,197 @@ def test_cli_up_status_env_down_on_free_ports(tmp_path):
     finally:
         down = cli("down")
     assert down.returncode == 0, down.stderr
-    assert not [pid for pid in pids if group_alive(pid)], "a process of the stack outlived `down`"
+    assert not [pid for pid in pids + instance_pids if group_alive(pid)], "a process of the stack outlived `down`"
     assert not (state_dir / "env").exists() and not (state_dir / "stack.json").exists()
     assert cli("status").returncode == 3
+
+
+# -- the cloud's limits, on a stack of test-only functions -----------------------------------------------------
+
+PROBES = "tests/integration/stack_functions"
+PROBE_ROWS = [
+    Function("landing", PROBES, "probe", "cloudevent", Storage(), 540),
+    Function("sleepy", PROBES, "probe", "cloudevent", Topic("SLEEPY_TOPIC", "test-sleepy"), 540),
+    Function("pair", PROBES, "probe", "cloudevent", Topic("PAIR_TOPIC", "test-pair"), 540, max_instances=2),
+    Function("doomed", PROBES, "probe", "cloudevent", Topic("DOOMED_TOPIC", "test-doomed"), 540),
+    Function("slow_http", PROBES, "probe_http", "http", Http(), 540),
+]
+TIMEOUT = 3  # seconds, of sleepy and slow_http: far above what their quick calls take, even on a loaded machine
+MAX_ATTEMPTS = 3
+
+
+class Probes:
+    """The limits stack and the log its functions write."""
+
+    def __init__(self, stack: LocalStack, log: Path):
+        self.stack, self.log = stack, log
+
+    def records(self, **match: Any) -> list[dict[str, Any]]:
+        lines = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        return [r for r in lines if all(r.get(k) == v for k, v in match.items())]
+
+    def publish(self, topic_key: str, ask: dict[str, Any]) -> str:
+        publisher = self.stack.publisher_client()
+        try:
+            return publisher.publish(self.stack.topic_path(topic_key), json.dumps(ask).encode()).result(timeout=30)
+        finally:
+            publisher.transport.close()
+
+    def stats(self, function: str) -> dict[str, Any]:
+        return self.stack.function_stats()[function]
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> Iterator[Probes]:
+    state_dir = tmp_path_factory.mktemp("limits")
+    log = state_dir / "probe.jsonl"
+    log.touch()
+    overrides = {"PROBE_LOG": str(log), "RELAY_MAX_DELIVERY_ATTEMPTS": str(MAX_ATTEMPTS),
+                 "RELAY_MIN_BACKOFF_SECONDS": "0.2", "RELAY_MAX_BACKOFF_SECONDS": "1",
+                 "FUNCTION_TIMEOUTS": json.dumps({"sleepy": TIMEOUT, "slow_http": TIMEOUT}),
+                 "FUNCTION_INSTANCES": json.dumps({"pair": 2})}
+    stack = LocalStack(ROOT, components=["pubsub", "gcs", "relay", *(row.name for row in PROBE_ROWS)],
+                       function_table=PROBE_ROWS, overrides=overrides, state_dir=state_dir).start()
+    try:
+        yield Probes(stack, log)
+    finally:
+        stack.stop()
+
+
+def test_a_delivery_that_runs_past_its_timeout_is_killed_and_redelivered(probes):
+    before = probes.stats("sleepy")
+    first_pid = before["instances"][0]["pid"]
+    message_id = probes.publish("SLEEPY_TOPIC", {"sleep_first": 120})
+
+    wait_until(lambda: probes.records(id=message_id, stage="end"), 60, 0.1, "the redelivery to end")
+
+    starts = probes.records(id=message_id, stage="start")
+    assert len(starts) == 2 and len(probes.records(id=message_id, stage="end")) == 1
+    assert starts[0]["group"] == first_pid and starts[1]["group"] != first_pid, "the killed instance was replaced"
+    assert not group_alive(first_pid), "the timed-out instance's process group is gone"
+    after = probes.stats("sleepy")
+    assert after["timeouts"] - before["timeouts"] == 1
+    assert after["invocations"] - before["invocations"] == 2
+    assert TIMEOUT <= after["longest_invocation_s"] < TIMEOUT + 10
+    assert after["instances"][0]["restarts"] == before["instances"][0]["restarts"] + 1
+    deliveries = [d for d in probes.stack.relay_state()["recent"] if d["id"] == message_id]
+    assert [(d["attempt"], d["outcome"]) for d in deliveries] == [(1, "nack"), (2, "ack")]
+    assert f"timed out after {TIMEOUT}s" in deliveries[0]["error"] and deliveries[0]["status"] is None
+
+
+def test_an_http_call_past_its_timeout_answers_504_and_the_next_gets_a_new_instance(probes):
+    url = probes.stack.env["SLOW_HTTP_URL"]
+    before = probes.stats("slow_http")
+    old_pid = before["instances"][0]["pid"]
+
+    started = time.monotonic()
+    answer = httpx.get(f"{url}?sleep=120", timeout=60, trust_env=False)
+
+    assert answer.status_code == 504 and f"timed out after {TIMEOUT}s" in answer.text
+    assert TIMEOUT <= time.monotonic() - started < TIMEOUT + 10
+    quick = httpx.get(url, timeout=60, trust_env=False)  # waits for the restarted instance
+    assert quick.status_code == 200 and quick.json()["group"] not in (old_pid, None)
+    assert probes.stats("slow_http")["timeouts"] == before["timeouts"] + 1
+
+
+def test_two_instances_take_one_delivery_each_at_a_time(probes):
+    pids = {i["pid"] for i in probes.stats("pair")["instances"]}
+    assert len(pids) == 2
+    held = [probes.publish("PAIR_TOPIC", {"hold_until": 2}) for _ in range(2)]
+    wait_until(lambda: all(probes.records(id=m, stage="end") for m in held), 60, 0.1, "both held deliveries")
+    # Each waited until both had started: they ran at once, one on each instance.
+    assert {probes.records(id=m, stage="start")[0]["group"] for m in held} == pids
+    more = [probes.publish("PAIR_TOPIC", {}) for _ in range(6)]
+    wait_until(lambda: all(probes.records(id=m, stage="end") for m in more), 60, 0.1, "six more deliveries")
+
+    for pid in pids:  # an instance never ran two invocations at once
+        spans = sorted((start["time"], probes.records(id=start["id"], stage="end")[0]["time"])
+                       for start in probes.records(function="pair", stage="start", group=pid))
+        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:], strict=False))
+    assert all(len(probes.records(id=m, stage="start")) == 1 for m in [*held, *more]), "each delivered once"
+
+
+def test_a_delivery_that_keeps_failing_goes_to_its_dead_letter_topic(probes):
+    stack = probes.stack
+    before = probes.stats("doomed")
+    message_id = probes.publish("DOOMED_TOPIC", {"fail": True})
+    subscriber = stack.subscriber_client()
+    received: list[Any] = []
+
+    def pulled() -> bool:
+        answer = subscriber.pull(subscription=stack.dead_letter_hold("doomed"), max_messages=10, timeout=5)
+        if answer.received_messages:
+            subscriber.acknowledge(subscription=stack.dead_letter_hold("doomed"),
+                                   ack_ids=[m.ack_id for m in answer.received_messages])
+        received.extend(m.message for m in answer.received_messages)
+        return bool(received)
+
+    try:
+        wait_until(pulled, 60, 0.1, "the dead letter")
+    finally:
+        subscriber.close()
+
+    [letter] = received
+    assert json.loads(letter.data) == {"fail": True}
+    assert dict(letter.attributes) == {
+        "CloudPubSubDeadLetterSourceDeliveryCount": str(MAX_ATTEMPTS),
+        "CloudPubSubDeadLetterSourceSubscription": stack.subscription("doomed").rsplit("/", 1)[1],
+        "CloudPubSubDeadLetterSourceSubscriptionProject": stack.env["GOOGLE_CLOUD_PROJECT"],
+        "CloudPubSubDeadLetterSourceTopicPublishTime": letter.attributes["CloudPubSubDeadLetterSourceTopicPublishTime"],
+    }
+    assert stack.env["DOOMED_DEAD_LETTER_TOPIC"] == "embedding-doomed-dlq"
+    assert len(probes.records(id=message_id, stage="start")) == MAX_ATTEMPTS
+    after = probes.stats("doomed")
+    assert after["dead_lettered"] - before["dead_lettered"] == 1
+    assert after["invocations"] - before["invocations"] == MAX_ATTEMPTS
+    outcomes = [d["outcome"] for d in stack.relay_state()["recent"] if d["id"] == message_id]
+    assert outcomes == ["nack"] * (MAX_ATTEMPTS - 1) + ["dead-lettered"]
+
+
+def test_a_dropped_finalize_event_never_reaches_the_function(probes):
+    stack = probes.stack
+    client = stack.storage_client()
+    bucket = client.bucket(stack.env["INPUT_BUCKET"])
+    before = stack.relay_state()["dropped_on_request"]
+    stack.drop_next("storage", 1)
+
+    lost = bucket.blob(f"drop/{uuid.uuid4().hex}-lost.txt")
+    lost.upload_from_string(b"x")
+    wait_until(lambda: stack.relay_state()["dropped_on_request"] == before + 1, 30, 0.1, "the drop")
+    kept = bucket.blob(f"drop/{uuid.uuid4().hex}-kept.txt")
+    kept.upload_from_string(b"x")
+    wait_until(lambda: probes.records(subject=f"objects/{kept.name}", stage="end"), 30, 0.1, "the next event")
+
+    assert probes.records(subject=f"objects/{lost.name}") == [], "the lost event was never delivered"
+    outcomes = {d.get("subject"): d["outcome"] for d in stack.relay_state()["recent"]}
+    assert (outcomes[f"objects/{lost.name}"], outcomes[f"objects/{kept.name}"]) == ("dropped", "ack")
+    [route] = [r for r in stack.relay_state()["routes"] if r["function"] == "landing"]
+    assert route["drops_pending"] == 0 and route["trigger"] == "storage"
+    with pytest.raises(StackError, match="no route 'nothing'"):
+        stack.drop_next("nothing")
+
+
+def test_instances_a_killed_relay_left_behind_are_stopped_with_the_stack(tmp_path):
+    rows = [Function("lonely", PROBES, "probe", "cloudevent", Topic("LONELY_TOPIC", "test-lonely"), 540)]
+    local = LocalStack(ROOT, components=["pubsub", "relay", "lonely"], function_table=rows, state_dir=tmp_path,
+                       overrides={"PROBE_LOG": str(tmp_path / "probe.jsonl"), "FUNCTION_INSTANCES": '{"lonely": 1}'})
+    with local:
+        [instance] = local.function_stats()["lonely"]["instances"]
+        os.kill(local.parts["relay"].pid, signal.SIGKILL)  # the relay's own group; its instances have theirs
+        wait_until(lambda: not group_alive(local.parts["relay"].pid), 10, what="the relay to die")
+        assert group_alive(instance["pid"]), "an instance outlives its killed relay"
+    assert not group_alive(instance["pid"])
+    assert not local.instances_path.exists() and not local.relay_config_path.exists()
+
+
+def test_the_gemini_emulator_gets_its_quota_and_webhook_settings(tmp_path):
+    quotas = '{"gemini-embedding-001": {"requests_per_minute": 5}}'
+    webhooks = '{"url": "${GEMINI_API_BASE_URL}/hook"}'
+    with LocalStack(ROOT, components=["gemini"], state_dir=tmp_path,
+                    overrides={"GEMINI_EMULATOR_QUOTAS": quotas, "GEMINI_EMULATOR_WEBHOOKS": webhooks}) as local:
+        if "gemini" not in local.parts:
+            pytest.skip(local.skipped["gemini"])
+        raw = Path(f"/proc/{local.parts['gemini'].pid}/environ").read_bytes()
+        environ = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
+    assert environ["GEMINI_EMULATOR_QUOTAS"] == quotas
+    assert json.loads(environ["GEMINI_EMULATOR_WEBHOOKS"]) == {"url": f"{local.env['GEMINI_API_BASE_URL']}/hook"}

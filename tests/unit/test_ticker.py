@@ -1,4 +1,5 @@
-"""The ticker calls the poller as Cloud Scheduler would, keeps going on errors, and pauses on request."""
+"""The ticker calls each scheduled function as Cloud Scheduler would, keeps going on errors, and pauses on
+request."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import threading
 from datetime import UTC, datetime
 
 import httpx
+import pytest
 
 from infra.local.processes import wait_until
-from infra.local.ticker import Ticker, scheduler_headers, tick
+from infra.local.ticker import Schedule, Ticker, parse_jobs, scheduler_headers, tick
 
 TOKEN = "s3cret-token-value"
 
@@ -35,6 +37,7 @@ def test_scheduler_headers_carry_the_schedule_time_in_utc():
     headers = scheduler_headers("t", datetime(2025, 1, 2, 3, 4, 5, 600000, tzinfo=UTC))
     assert headers["X-CloudScheduler-ScheduleTime"] == "2025-01-02T03:04:05.600000Z"
     assert headers["X-CloudScheduler-JobName"] == "embeddings-poller"
+    assert "Authorization" not in scheduler_headers("", datetime.now(UTC)), "a job without a token sends none"
 
 
 def test_errors_are_results_not_exceptions():
@@ -108,3 +111,49 @@ def wait_for_ticks(ticker: Ticker, count: int, seconds: float) -> bool:
     except TimeoutError:
         return False
     return True
+
+
+def test_jobs_are_read_from_json_with_the_token_only_where_asked():
+    jobs = json.dumps([{"name": "poller", "url": "http://a/", "every_s": 1.5, "timeout_s": 190, "token": True},
+                       {"name": "sweep", "url": "http://b/", "every_s": 60, "timeout_s": 70, "token": False}])
+    poller, sweep = parse_jobs(jobs, TOKEN)
+    assert (poller.name, poller.url, poller.interval, poller.timeout, poller.token) == ("poller", "http://a/", 1.5, 190, TOKEN)
+    assert (sweep.name, sweep.token) == ("sweep", "")
+
+
+@pytest.mark.parametrize(("jobs", "token", "problem"), [
+    ("nope", TOKEN, "not JSON"),
+    ("[]", TOKEN, "non-empty JSON list"),
+    ('[{"name": "x"}]', TOKEN, "needs a name and a url"),
+    ('[{"name": "x", "url": "http://a/", "every_s": 0}]', TOKEN, "must be positive"),
+    ('[{"name": "x", "url": "http://a/", "token": true}]', "", "POLLER_TOKEN is not set"),
+])
+def test_bad_jobs_are_refused(jobs, token, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_jobs(jobs, token)
+
+
+def test_a_schedule_runs_each_job_on_its_own_and_totals_them(monkeypatch):
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((str(request.url), request.headers.get("authorization"), request.headers["x-cloudscheduler-jobname"]))
+        return httpx.Response(200, json={"url": str(request.url)})
+
+    real_client = httpx.Client
+    monkeypatch.setattr("infra.local.ticker.httpx.Client",
+                        lambda **kw: real_client(transport=httpx.MockTransport(handler)))
+    schedule = Schedule([Ticker("http://a/", TOKEN, 0.01, name="poller", out=io.StringIO()),
+                         Ticker("http://b/", "", 0.01, name="sweep", out=io.StringIO())])
+    runner = threading.Thread(target=schedule.run)
+    runner.start()
+    wait_until(lambda: all(job["ticks"] >= 2 for job in schedule.state()["jobs"].values()), 5, what="both jobs")
+    paused = schedule.pause()
+    schedule.stop()
+    runner.join(5)
+
+    state = schedule.state()
+    assert paused["paused"] and not paused["ticking"]
+    assert state["ticks"] == sum(job["ticks"] for job in state["jobs"].values()) and state["failures"] == 0
+    assert ("http://a/", f"Bearer {TOKEN}", "embeddings-poller") in seen
+    assert ("http://b/", None, "embeddings-sweep") in seen
