@@ -14,7 +14,7 @@
 #   REGION            region (default: europe-west1)
 #   STATE_BUCKET      Terraform state bucket, created (versioned) if missing (default: <project>-tfstate)
 #   STATE_PREFIX      state prefix in it (default: embeddings)
-#   TF_VAR_FILE       a .tfvars file for more variables (see infra/terraform/terraform.tfvars.example)
+#   TF_VAR_FILE       a .tfvars file for more variables, local or gs:// (see infra/terraform/terraform.tfvars.example)
 #   GEMINI_API_KEY    first deployment only: stored as the secret's first version (never printed, never in state)
 #   WEBHOOK_SIGNING_SECRET  the Gemini webhook's signing secret, stored as a version of its secret when given
 #   AUTO_APPROVE      1 to apply without asking (default 1 under CI=true, else 0)
@@ -58,7 +58,13 @@ require_tools() {
 }
 
 # The -var arguments of every terraform plan and apply (the .tfvars path made absolute: terraform runs in TF_DIR).
+# A gs:// TF_VAR_FILE is copied first: *.tfvars are git-ignored, so Cloud Build reads its values from a bucket.
 TF_VARS=(-var "project_id=$PROJECT_ID" -var "region=$REGION")
+if [[ "${TF_VAR_FILE:-}" == gs://* ]]; then
+  local_vars="$(mktemp --suffix=.tfvars)"
+  "$GCLOUD" --project "$PROJECT_ID" storage cp "$TF_VAR_FILE" "$local_vars" >/dev/null || die "cannot copy $TF_VAR_FILE"
+  TF_VAR_FILE="$local_vars"
+fi
 if [[ -n "${TF_VAR_FILE:-}" ]]; then
   [[ -f "$TF_VAR_FILE" ]] || die "TF_VAR_FILE $TF_VAR_FILE does not exist"
   TF_VARS+=(-var-file="$(cd "$(dirname "$TF_VAR_FILE")" && pwd)/$(basename "$TF_VAR_FILE")")
