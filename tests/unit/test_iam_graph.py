@@ -58,7 +58,8 @@ def evaluate(enable_webhook: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as work:
         for name in ("pipeline.tf", "variables.tf"):
             shutil.copyfile(TERRAFORM_DIR / name, Path(work) / name)
-        expression = ("jsonencode({functions = local.functions, service_accounts = local.service_accounts, "
+        expression = ("jsonencode({functions = local.functions, event_functions = local.event_functions, "
+                      "service_accounts = local.service_accounts, "
                       "project_grants = local.project_grants, bucket_grants = local.bucket_grants, "
                       "topic_publishers = local.topic_publishers, secret_readers = local.secret_readers, "
                       "invokers = local.invokers, public = local.public_functions, topics = local.topics, "
@@ -155,6 +156,40 @@ def test_service_account_ids_fit_30_characters_with_the_longest_prefix():
 
 
 # -- the resources are loops over those values ------------------------------------------------------------
+
+LOOPS = ("functions", "event_functions", "service_accounts", "project_grants", "bucket_grants", "topic_publishers",
+         "secret_readers", "invokers", "public_functions", "dead_letters", "topics", "secrets", "sources")
+
+
+@pytest.mark.parametrize("enable_webhook", [True, False])
+def test_terraform_plans_a_loop_over_each_table(tmp_path, enable_webhook):
+    """`terraform plan` (offline: only the built-in terraform_data resource) accepts every table as a for_each
+    value, and plans one instance per key."""
+    for name in ("pipeline.tf", "variables.tf"):
+        shutil.copyfile(TERRAFORM_DIR / name, tmp_path / name)
+    (tmp_path / "loops.tf").write_text("".join(
+        f'resource "terraform_data" "{loop}" {{\n  for_each = local.{loop}\n  input    = each.key\n}}\n' for loop in LOOPS))
+    env = {**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "TF_IN_AUTOMATION": "1"}
+    init = subprocess.run([_terraform(), "init", "-input=false", "-no-color"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert init.returncode == 0, init.stdout + init.stderr
+    plan = subprocess.run([_terraform(), "plan", "-input=false", "-no-color", "-out=plan", "-var", "project_id=p",
+                           "-var", f"enable_webhook={str(enable_webhook).lower()}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    shown = subprocess.run([_terraform(), "show", "-json", "plan"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=120)
+    planned: dict[str, set[str]] = {}
+    for change in json.loads(shown.stdout)["resource_changes"]:
+        planned.setdefault(change["name"], set()).add(change["index"])
+    graph = evaluate(enable_webhook)
+    for loop in LOOPS:
+        expected = set(graph[loop]) if loop in graph else None
+        if expected is not None:
+            assert planned.get(loop, set()) == expected, loop
+    assert planned.get("public_functions", set()) == set(graph["public"])
+    assert planned["sources"] == ({"submit", "poller", "complete", "status"} | ({"webhook"} if enable_webhook else set()))
+
 
 def _blocks(kind: str = "resource") -> dict[str, str]:
     """`TYPE.NAME` -> the block's text, for every block of the configuration (terraform fmt's layout)."""
