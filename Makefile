@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: setup test unit integration lint ruff tools checkov tf-lint run up down status env gemini-emulator bench package deploy smoke clean
+.PHONY: setup browser test unit integration lint ruff tools checkov tf-lint tf-schema run up down status env gemini-emulator bench package deploy smoke clean
 
 setup: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,emulator,cli]'
 	touch $(STAMP)
 
-test: setup lint
+# `make test` on a fresh machine does its own set-up: the virtualenvs, and Debian's chromium for the
+# dashboard test (tools/ensure_chromium.sh: installed with apt-get when running as root, else it stops and
+# names the command to run).
+test: setup browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+browser:
+	@bash tools/ensure_chromium.sh
 
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
@@ -50,9 +56,26 @@ $(TOOLS_STAMP):
 	$(TOOLS_VENV)/bin/python -m pip install --quiet 'checkov==$(CHECKOV_VERSION)'
 	touch $(TOOLS_STAMP)
 
-# terraform fmt + checkov (--skip-download: no call to the checkov vendor's API).
-tf-lint: checkov
+# terraform fmt + checkov (--skip-download: no call to the checkov vendor's API) + the offline schema check.
+tf-lint: checkov tf-schema
 	terraform fmt -check -recursive infra
+
+# The providers' schemas as published in npm packages (tools/check_tf_schema.py says why), packed once.
+SCHEMA_DIR := $(TOOLS_VENV)/schemas
+SCHEMA_PACKAGES := @cdktf/provider-google@16.12.1 @cdktf/provider-google-beta@16.12.1 @cdktf/provider-time@11.0.1
+SCHEMA_STAMP := $(SCHEMA_DIR)/.packed
+
+$(SCHEMA_STAMP):
+	@command -v npm >/dev/null || { echo "make tf-schema needs npm (Debian: apt-get install npm) to fetch the providers' schemas" >&2; exit 1; }
+	mkdir -p $(SCHEMA_DIR)
+	cd $(SCHEMA_DIR) && npm pack --silent $(SCHEMA_PACKAGES) >/dev/null
+	touch $(SCHEMA_STAMP)
+
+tf-schema: tools $(SCHEMA_STAMP)
+	$(TOOLS_VENV)/bin/python tools/check_tf_schema.py infra/terraform \
+	  --schema google=$(SCHEMA_DIR)/cdktf-provider-google-16.12.1.tgz \
+	  --schema google-beta=$(SCHEMA_DIR)/cdktf-provider-google-beta-16.12.1.tgz \
+	  --schema time=$(SCHEMA_DIR)/cdktf-provider-time-11.0.1.tgz
 
 checkov: tools
 	$(TOOLS_VENV)/bin/checkov -d infra/terraform --framework terraform --quiet --compact --skip-download

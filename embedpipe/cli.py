@@ -38,7 +38,8 @@ from shared.domain.jobs import Job, JobState, job_id_for
 __all__ = ["app", "run"]
 
 HELP = (
-    "Operate the embeddings pipeline: upload files, follow and cancel jobs, fetch and search results.\n\n"
+    "Operate the embeddings pipeline: upload files, follow and cancel jobs, fetch and search results; in the "
+    "cloud, open the dashboard and replay dead letters.\n\n"
     "Settings (the names of shared/config.py: GOOGLE_CLOUD_PROJECT, INPUT_BUCKET, EVENTS_TOPIC, STATUS_URL, ...) "
     "come from --env-file, else $EMBEDPIPE_ENV_FILE, else .local/env in the current directory (written by "
     "`make up`), else the process environment.\n\n"
@@ -430,6 +431,13 @@ def _terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# -- a deployment's operations: dead letters, the dashboard (embedpipe/ops_commands.py) ---------------------
+from embedpipe.ops_commands import dashboard, dead_letters_app  # noqa: E402 - they use this module's helpers
+
+app.add_typer(dead_letters_app, name="dead-letters")
+app.command()(dashboard)
 
 
 def run(argv: list[str]) -> int:

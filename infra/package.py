@@ -3,12 +3,19 @@
     python -m infra.package                      # all functions -> build/functions/
     python infra/package.py --functions poller   # one of them
 
-For every `functions/<name>/main.py` this writes
+For every `functions/<name>/main.py` (one source folder; it may hold several entry points, each deployed as
+its own function by infra/terraform/pipeline.tf) this writes
 
     build/functions/<name>/main.py            the entry point, unchanged
     build/functions/<name>/shared/            the project's package (no caches)
     build/functions/<name>/requirements.txt   `name==version` lines, pinned from this environment
     build/functions/<name>.zip                the three above, byte-for-byte reproducible
+    build/functions/runtime.txt               the Cloud Functions runtime they were built for (python311)
+
+It packages only under the runtime's own Python (3.11 for python311, the default of `var.runtime` in
+infra/terraform/variables.tf): the pins are the versions installed here, and another Python can have
+resolved other versions, or wheels that do not exist for the runtime. Terraform refuses zips whose
+runtime.txt is not its `var.runtime`.
 
 The requirements are the transitive closure of `[project.dependencies]` in pyproject.toml, walked through
 `importlib.metadata` with markers evaluated for the target runtime (Linux, CPython 3.11 by default) and with
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata as metadata
+import re
 import shutil
 import sys
 import tomllib
@@ -52,7 +60,7 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "build" / "functions"
-DEFAULT_PYTHON = "3.11"  # the python311 runtime in infra/terraform
+RUNTIME_FILE = "runtime.txt"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip entry can carry
 FILE_MODE = 0o100644  # regular file, rw-r--r--
 COMPRESS_LEVEL = 9
@@ -69,6 +77,39 @@ class PackagedFunction:
     folder: Path
     zip_path: Path
     sha256: str
+
+
+def default_runtime(variables: Path = ROOT / "infra" / "terraform" / "variables.tf") -> str:
+    """The default of `var.runtime` in the Terraform configuration (python311)."""
+    block = re.search(r'variable "runtime" \{(.*?)\n\}', variables.read_text(), re.S)
+    found = re.search(r'default\s*=\s*"(python3\d+)"', block[1]) if block else None
+    if not found:
+        raise PackagingError(f"no default runtime in {variables}")
+    return found[1]
+
+
+def python_of(runtime: str) -> str:
+    """python311 -> 3.11."""
+    match = re.fullmatch(r"python3(\d+)", runtime)
+    if not match:
+        raise PackagingError(f"{runtime!r} is not a Python runtime (python311, python312, ...)")
+    return f"3.{match[1]}"
+
+
+def check_interpreter(runtime: str, running: tuple[int, int] = sys.version_info[:2]) -> str:
+    """The runtime's Python version, if this interpreter is it; else a `PackagingError` saying what to do."""
+    wanted = python_of(runtime)
+    here = f"{running[0]}.{running[1]}"
+    if here != wanted:
+        raise PackagingError(
+            f"the {runtime} runtime needs packages pinned under Python {wanted}, and this is Python {here}: "
+            f"run it with a Python {wanted} environment (`make setup PYTHON=python{wanted}`), or deploy another "
+            f"runtime with --runtime and var.runtime together"
+        )
+    return wanted
+
+
+DEFAULT_PYTHON = "3.11"  # marker evaluation's default; packaging itself follows the runtime
 
 
 def target_environment(python_version: str = DEFAULT_PYTHON) -> dict[str, str]:
@@ -192,21 +233,27 @@ def build_function(name: str, out: Path, requirements: str, root: Path = ROOT) -
 def build_all(
     out: Path = DEFAULT_OUT,
     names: Iterable[str] | None = None,
-    python_version: str = DEFAULT_PYTHON,
+    runtime: str | None = None,
     root: Path = ROOT,
 ) -> list[PackagedFunction]:
+    """Package every function (or `names`) for `runtime` (default: Terraform's), under that runtime's Python."""
+    runtime = runtime or default_runtime()
+    python_version = check_interpreter(runtime)
     requirements = pinned_requirements(python_version, root / "pyproject.toml")
-    return [build_function(name, out, requirements, root) for name in (names or discover_functions(root))]
+    packaged = [build_function(name, out, requirements, root) for name in (names or discover_functions(root))]
+    (out / RUNTIME_FILE).write_text(f"{runtime}\n")
+    return packaged
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: build/functions)")
     parser.add_argument("--functions", nargs="*", help="function names (default: every functions/*/main.py)")
-    parser.add_argument("--python-version", default=DEFAULT_PYTHON, help="target runtime's Python (default: 3.11)")
+    parser.add_argument("--runtime", help="Cloud Functions runtime, as var.runtime (default: its default in "
+                                              "infra/terraform/variables.tf); this Python must be its version")
     args = parser.parse_args(argv)
     try:
-        packaged = build_all(args.out.resolve(), args.functions, args.python_version)
+        packaged = build_all(args.out.resolve(), args.functions, args.runtime)
     except PackagingError as exc:
         print(f"package: {exc}", file=sys.stderr)
         return 1

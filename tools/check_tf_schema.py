@@ -1,16 +1,21 @@
-"""Offline check of infra/terraform against the Google provider's schema (no `terraform init` needed).
+"""Offline check of infra/terraform against its providers' schemas (no `terraform init` needed).
 
-`terraform validate` needs the provider binary, which cannot be downloaded here. The provider's schema is
-also published, generated, in the npm package @cdktf/provider-google (16.12.1 = hashicorp/google 6.50.0):
-each resource's `index.js` maps every argument and nested block to its Terraform name, and `index.d.ts`
-marks which are required. This script reads both and reports, for every resource and data source of the
-configuration, arguments or blocks the schema does not have, and required ones that are missing.
+`terraform validate` needs the provider binaries, which cannot be downloaded here. Their schemas are also
+published, generated, in npm packages: @cdktf/provider-google and @cdktf/provider-google-beta 16.12.1
+(hashicorp/google and google-beta 6.50.0), @cdktf/provider-time 11.0.1 (hashicorp/time 0.13.1). Each
+resource's `index.js` maps every argument and nested block to its Terraform name, and `index.d.ts` marks
+which are required. This script reads both and reports, for every resource and data source of the
+configuration, arguments or blocks the schema does not have, required ones that are missing, and types no
+given provider has. A resource is checked against the provider its `provider` argument names, else the one
+its type's prefix names (google_*, time_*).
 
-    npm pack @cdktf/provider-google@16.12.1 && tar xzf cdktf-provider-google-16.12.1.tgz   # once, anywhere
-    .venv-tools/bin/python tools/check_tf_schema.py --schema package/lib infra/terraform
+    make tf-schema        # npm packs the three packages once into .venv-tools/schemas, then runs:
+    .venv-tools/bin/python tools/check_tf_schema.py infra/terraform \
+        --schema google=cdktf-provider-google-16.12.1.tgz --schema google-beta=... --schema time=...
 
-It needs python-hcl2 (installed with checkov in .venv-tools). What it does not check: types, values,
-references to computed attributes, and anything the provider validates at plan time.
+A schema is the package's .tgz (read without unpacking it) or its unpacked `package/lib` folder. It needs
+python-hcl2 (installed with checkov in .venv-tools). What it does not check: types, values, references to
+computed attributes, and anything the provider validates at plan time.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tarfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -40,9 +46,9 @@ class Block:
 
 
 class Schema:
-    def __init__(self, folder: Path):
-        self.js = (folder / "index.js").read_text()
-        self.dts = (folder / "index.d.ts").read_text()
+    def __init__(self, js: str, dts: str):
+        self.js = js
+        self.dts = dts
 
     def _entries(self, body: str) -> Block:
         block = Block()
@@ -91,9 +97,48 @@ class Schema:
         return block
 
 
-def folder_for(kind: str, type_name: str, root: Path) -> Path:
-    name = type_name.removeprefix("google_").replace("_", "-")
-    return root / (f"data-google-{name}" if kind == "data" else name)
+def folder_name(kind: str, type_name: str, provider: str) -> str:
+    """The package folder of a type. Data sources keep the type's prefix (data-google-project); resources
+    drop it (google_storage_bucket -> storage-bucket, time_sleep -> sleep), except in google-beta's package,
+    which keeps it (google-storage-bucket)."""
+    if kind == "data":
+        return "data-" + type_name.replace("_", "-")
+    name = type_name if provider == "google-beta" else type_name.split("_", 1)[1]
+    return name.replace("_", "-")
+
+
+def provider_of(type_name: str, body: dict) -> str:
+    """The `provider` argument's provider (`google-beta` of `google-beta.alias`), else the type's prefix."""
+    given = body.get("provider")
+    if isinstance(given, list) and given:  # python-hcl2 gives an argument as a one-item list
+        given = given[0]
+    if isinstance(given, str) and given:
+        return given.strip("${}").split(".")[0]
+    return type_name.split("_", 1)[0]
+
+
+class SchemaSource:
+    """One provider's schema: an npm package .tgz (read in one pass) or an unpacked `package/lib` folder."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def load(self, folders: set[str]) -> dict[str, Schema]:
+        texts: dict[tuple[str, str], str] = {}
+        wanted = {f"{folder}/{name}" for folder in folders for name in ("index.js", "index.d.ts")}
+        if self.path.is_dir():
+            for item in wanted:
+                file = self.path / item
+                if file.is_file():
+                    texts[tuple(item.split("/"))] = file.read_text()
+        else:
+            with tarfile.open(self.path, "r:gz") as archive:
+                for member in archive:
+                    item = member.name.removeprefix("package/lib/")
+                    if item in wanted:
+                        texts[tuple(item.split("/"))] = archive.extractfile(member).read().decode()
+        return {folder: Schema(texts[(folder, "index.js")], texts[(folder, "index.d.ts")])
+                for folder in folders if (folder, "index.js") in texts and (folder, "index.d.ts") in texts}
 
 
 def _bodies(value):
@@ -128,35 +173,58 @@ def check_body(schema: Schema, block: Block, body: dict, where: str, problems: l
         problems.append(f"{where}: required {missing!r} is missing")
 
 
-def check(config_dir: Path, schema_root: Path) -> tuple[list[str], int]:
-    problems: list[str] = []
-    checked = 0
-    schemas: dict[Path, Schema] = {}  # one per folder: a type is often used by several blocks
+def _instances(config_dir: Path):
+    """(file name, kind, type, name, body) of every resource and data source of the configuration."""
     for path in sorted(config_dir.glob("*.tf")):
         with path.open() as handle:
             parsed = hcl2.load(handle)
         for kind in ("resource", "data"):
             for entry in parsed.get(kind, []):
                 for type_name, instances in entry.items():
-                    folder = folder_for(kind, type_name, schema_root)
-                    if not folder.is_dir():
-                        problems.append(f"{path.name}: unknown {kind} type {type_name}")
-                        continue
-                    if folder not in schemas:
-                        schemas[folder] = Schema(folder)
-                    schema = schemas[folder]
                     for name, body in instances.items():
-                        checked += 1
-                        check_body(schema, schema.top(), body, f"{path.name}: {type_name}.{name}", problems)
+                        yield path.name, kind, type_name, name, body
+
+
+def check(config_dir: Path, schemas: dict[str, Path]) -> tuple[list[str], int]:
+    problems: list[str] = []
+    found = list(_instances(config_dir))
+    needed: dict[str, set[str]] = {}
+    for _, kind, type_name, _, body in found:
+        provider = provider_of(type_name, body)
+        needed.setdefault(provider, set()).add(folder_name(kind, type_name, provider))
+    loaded = {provider: SchemaSource(schemas[provider]).load(folders)
+              for provider, folders in needed.items() if provider in schemas}
+    checked = 0
+    for file_name, kind, type_name, name, body in found:
+        provider = provider_of(type_name, body)
+        if provider not in schemas:
+            problems.append(f"{file_name}: {kind} {type_name}.{name}: no schema given for provider {provider!r}")
+            continue
+        schema = loaded[provider].get(folder_name(kind, type_name, provider))
+        if schema is None:
+            problems.append(f"{file_name}: unknown {kind} type {type_name} (provider {provider})")
+            continue
+        checked += 1
+        check_body(schema, schema.top(), body, f"{file_name}: {type_name}.{name}", problems)
     return problems, checked
+
+
+def _schema_argument(value: str) -> tuple[str, Path]:
+    provider, sep, path = value.partition("=")
+    if not sep or not provider or not path:
+        raise argparse.ArgumentTypeError(f"expected PROVIDER=PATH, got {value!r}")
+    if not Path(path).exists():
+        raise argparse.ArgumentTypeError(f"{path} does not exist (npm pack the schema package first: make tf-schema)")
+    return provider, Path(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, help="Terraform configuration folder")
-    parser.add_argument("--schema", type=Path, required=True, help="@cdktf/provider-google's package/lib folder")
+    parser.add_argument("--schema", type=_schema_argument, action="append", required=True,
+                        help="PROVIDER=PATH: a @cdktf/provider-* .tgz or its package/lib folder (repeat per provider)")
     args = parser.parse_args(argv)
-    problems, checked = check(args.config, args.schema)
+    problems, checked = check(args.config, dict(args.schema))
     for problem in problems:
         print(problem)
     print(f"{checked} resources and data sources checked, {len(problems)} problems")

@@ -23,24 +23,74 @@ resource "google_firestore_database" "default" {
   depends_on = [google_project_service.enabled]
 }
 
-# The jobs API lists by state, newest first: where state == X order by created_at desc, __name__ desc
-# (shared/adapters/firestore_jobs.py). An index's implicit last field (__name__) follows the direction of
-# the field before it, so (state, created_at desc) serves that query. The unfiltered list (order by
-# created_at desc, __name__ desc) and the poller's due-jobs query (next_poll_at <= now order by
-# next_poll_at) are served by the automatic single-field indexes.
-resource "google_firestore_index" "jobs_by_state" {
+# -- indexes: one list each, one entry per index ------------------------------------------------------------
+#
+# Collections: var.jobs_collection (one document per job), its subcollection `shards` (one document per
+# shard; a collection group), var.ledgers_collection (one document per provider and model).
+
+locals {
+  # Composite indexes. The jobs API lists by state, newest first: where state == X order by created_at desc,
+  # __name__ desc (shared/adapters/firestore_jobs.py). An index's implicit last field (__name__) follows the
+  # direction of the field before it, so (state, created_at desc) serves that query. The unfiltered list
+  # (order by created_at desc, __name__ desc) and the poller's due-jobs query (next_poll_at <= now order by
+  # next_poll_at) are served by the automatic single-field indexes.
+  composite_indexes = {
+    jobs_by_state = {
+      collection  = var.jobs_collection
+      query_scope = "COLLECTION"
+      fields      = [{ path = "state", order = "ASCENDING" }, { path = "created_at", order = "DESCENDING" }]
+    }
+  }
+
+  # Fields exempted from the automatic single-field indexes: large maps and arrays that no query filters or
+  # orders on. Each indexed map key and array element is an index entry (a document may have at most 40,000,
+  # and every one is written on each update), so indexing them only costs write latency and storage. The
+  # shards moved to a subcollection: their bulky fields are exempted there (the `shards` collection group),
+  # and the job's own `shards` field stays exempted for documents that still carry one.
+  index_exemptions = {
+    jobs_shards         = { collection = var.jobs_collection, field = "shards" }
+    jobs_input_problems = { collection = var.jobs_collection, field = "input_problems" }
+    jobs_output         = { collection = var.jobs_collection, field = "output" }
+    jobs_source_meta    = { collection = var.jobs_collection, field = "source.metadata" }
+    jobs_error          = { collection = var.jobs_collection, field = "error" }
+    jobs_last_error     = { collection = var.jobs_collection, field = "last_error" }
+    shards_output       = { collection = "shards", field = "output" }
+    shards_error        = { collection = "shards", field = "provider_error" }
+    shards_requests_uri = { collection = "shards", field = "requests_uri" }
+    shards_records_uri  = { collection = "shards", field = "records_uri" }
+    ledgers_entries     = { collection = var.ledgers_collection, field = "entries" }
+  }
+}
+
+resource "google_firestore_index" "composite" {
+  for_each = local.composite_indexes
+
+  project     = var.project_id
+  database    = "(default)"
+  collection  = each.value.collection
+  query_scope = each.value.query_scope
+
+  dynamic "fields" {
+    for_each = each.value.fields
+    content {
+      field_path = fields.value.path
+      order      = fields.value.order
+    }
+  }
+
+  depends_on = [google_firestore_database.default]
+}
+
+# An empty index_config removes every single-field index of the field (ascending, descending, array-contains).
+resource "google_firestore_field" "not_indexed" {
+  for_each = local.index_exemptions
+
   project    = var.project_id
   database   = "(default)"
-  collection = var.jobs_collection
+  collection = each.value.collection
+  field      = each.value.field
 
-  fields {
-    field_path = "state"
-    order      = "ASCENDING"
-  }
-  fields {
-    field_path = "created_at"
-    order      = "DESCENDING"
-  }
+  index_config {}
 
   depends_on = [google_firestore_database.default]
 }

@@ -11,7 +11,7 @@ resource "google_cloud_scheduler_job" "poller_tick" {
   region           = var.region
   schedule         = var.poll_schedule
   time_zone        = "Etc/UTC"
-  attempt_deadline = "${var.function_sizing["poller"].timeout_seconds}s" # 15 s - 30 min for HTTP targets
+  attempt_deadline = "${local.sizing["poller"].timeout_seconds}s" # 15 s - 30 min for HTTP targets
 
   retry_config {
     retry_count          = 2

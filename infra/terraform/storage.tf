@@ -67,8 +67,8 @@ resource "google_storage_bucket" "output" {
   }
 
   # Safety net for staging leftovers of jobs that never ended (the pipeline deletes its own staging).
-  # NOTE: a lifecycle condition matches object-name prefixes, so this rule covers staging written under
-  # <output_prefix>_staging/. See infra/README.md ("Staging cleanup") for the path layout it assumes.
+  # Staging lives under <output_prefix>_staging/<name>/<generation>/ (shared/domain/paths.py: JobPaths),
+  # apart from the outputs, so this prefix rule reaches staging only.
   lifecycle_rule {
     condition {
       age            = var.staging_cleanup_days
@@ -107,31 +107,30 @@ resource "google_storage_bucket" "sources" {
   depends_on = [google_project_service.enabled]
 }
 
-# One object per function, named after the zip's hash: a code change is a new object, which makes the
-# function rebuild; an unchanged zip (infra/package.py is reproducible) leaves the function alone.
+# One object per source folder (functions/<source>/, shared by its entry points), named after the zip's
+# hash: a code change is a new object, which makes its functions rebuild; an unchanged zip
+# (infra/package.py is reproducible) leaves them alone.
 resource "google_storage_bucket_object" "source" {
-  for_each = local.function_names
+  for_each = local.sources
 
   bucket       = google_storage_bucket.sources.name
   name         = "functions/${each.key}-${filesha256("${local.source_dir}/${each.key}.zip")}.zip"
   source       = "${local.source_dir}/${each.key}.zip"
   content_type = "application/zip"
+
+  lifecycle {
+    precondition {
+      condition     = trimspace(file("${local.source_dir}/runtime.txt")) == var.runtime
+      error_message = "The zips in functions_source_dir were packaged for another runtime than var.runtime: run `python -m infra.package --runtime ${var.runtime}` under that runtime's Python."
+    }
+  }
 }
 
-# -- bucket-level IAM (never project-wide storage roles) -------------------------------------------------
+# -- bucket-level IAM (never project-wide storage roles for the functions) -------------------------------
 # objectViewer: get + list. objectUser: get, list, create, overwrite (= delete + create) and delete, without
-# any IAM administration of the bucket.
+# any IAM administration of the bucket. Who gets which: pipeline.tf (reads / writes of each function).
 
 locals {
-  bucket_grants = {
-    submit_reads_input    = { bucket = "input", role = "roles/storage.objectViewer", sa = "submit" }
-    poller_reads_input    = { bucket = "input", role = "roles/storage.objectViewer", sa = "poller" }  # resumes stale submissions
-    submit_writes_output  = { bucket = "output", role = "roles/storage.objectUser", sa = "submit" }   # staging
-    poller_writes_output  = { bucket = "output", role = "roles/storage.objectUser", sa = "poller" }   # staging on resume
-    complete_write_output = { bucket = "output", role = "roles/storage.objectUser", sa = "complete" } # outputs, follow-ups
-    status_deletes_output = { bucket = "output", role = "roles/storage.objectUser", sa = "status" }   # cancel: list + delete staging
-    build_reads_sources   = { bucket = "sources", role = "roles/storage.objectViewer", sa = "build" }
-  }
   buckets = {
     input   = google_storage_bucket.input.name
     output  = google_storage_bucket.output.name

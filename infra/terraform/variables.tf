@@ -18,13 +18,13 @@ variable "firestore_location" {
 }
 
 variable "name_prefix" {
-  description = "Prefix of every resource name (functions, topics, service accounts, scheduler job). Lower case letters, digits and hyphens; short, because service account ids are limited to 30 characters."
+  description = "Prefix of every resource name (functions, topics, service accounts, scheduler job). Lower case letters, digits and hyphens; short, because service account ids are limited to 30 characters (the longest, <prefix>-poll-worker-trigger, leaves 10)."
   type        = string
   default     = "emb"
 
   validation {
-    condition     = can(regex("^[a-z][a-z0-9-]{1,11}$", var.name_prefix))
-    error_message = "name_prefix: 2-12 characters, lower case letters, digits and hyphens, starting with a letter."
+    condition     = can(regex("^[a-z][a-z0-9-]{1,9}$", var.name_prefix))
+    error_message = "name_prefix: 2-10 characters, lower case letters, digits and hyphens, starting with a letter (service account ids are at most 30 characters)."
   }
 }
 
@@ -113,9 +113,15 @@ variable "firestore_delete_protection" {
 }
 
 variable "jobs_collection" {
-  description = "Firestore collection of the jobs (JOBS_COLLECTION)."
+  description = "Firestore collection of the jobs (JOBS_COLLECTION); each job has a `shards` subcollection."
   type        = string
   default     = "embedding_jobs"
+}
+
+variable "ledgers_collection" {
+  description = "Firestore collection of the token ledgers, one document per provider and model (LEDGERS_COLLECTION)."
+  type        = string
+  default     = "embedding_ledgers"
 }
 
 # -- functions ---------------------------------------------------------------------------------------
@@ -127,42 +133,30 @@ variable "functions_source_dir" {
 }
 
 variable "runtime" {
-  description = "Cloud Functions runtime. Must match the Python the requirements were pinned for (infra/package.py --python-version)."
+  description = "Cloud Functions runtime. Must match the Python the requirements were pinned for: infra/package.py packages only under that Python (python311 = CPython 3.11)."
   type        = string
   default     = "python311"
+
+  validation {
+    condition     = can(regex("^python3[0-9]+$", var.runtime))
+    error_message = "runtime: a Python runtime such as python311 or python312."
+  }
 }
 
 variable "function_sizing" {
-  description = "Per function: memory, vCPU, timeout (s), max instances, requests per instance. See infra/README.md (Sizing). Event-driven functions (submit, complete) may not exceed 540 s."
+  description = "Overrides of the functions' sizing, per function and attribute (defaults: pipeline.tf, local.function_table[*].sizing; reasons: infra/README.md, Sizing), e.g. { stage = { max_instances = 40 } }. Event-driven functions may not exceed 540 s."
   type = map(object({
-    memory          = string
-    cpu             = string
-    timeout_seconds = number
-    max_instances   = number
-    concurrency     = number
+    memory          = optional(string)
+    cpu             = optional(string)
+    timeout_seconds = optional(number)
+    max_instances   = optional(number)
+    concurrency     = optional(number)
   }))
-  default = {
-    # Streams multi-GB inputs in chunks (bounded memory) and writes request files; one file per instance.
-    submit = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 10, concurrency = 1 }
-    # Normalises up to 100k x 768 float32 (~300 MB) in blocks, writes JSONL + Parquet; one job per instance.
-    complete = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 10, concurrency = 1 }
-    # One tick a minute, a 50 s work budget (POLL_TIME_BUDGET_SECONDS); two instances cover an overlap.
-    poller = { memory = "512Mi", cpu = "1", timeout_seconds = 180, max_instances = 2, concurrency = 1 }
-    # Small JSON API for operators; I/O bound, so several requests share an instance.
-    status = { memory = "512Mi", cpu = "1", timeout_seconds = 60, max_instances = 3, concurrency = 8 }
-  }
+  default = {}
 
   validation {
-    condition     = alltrue([for name in ["submit", "complete", "poller", "status"] : contains(keys(var.function_sizing), name)])
-    error_message = "function_sizing needs an entry for each of submit, complete, poller and status."
-  }
-
-  validation {
-    condition = alltrue([
-      for name, size in var.function_sizing :
-      size.timeout_seconds >= 1 && size.timeout_seconds <= (contains(["submit", "complete"], name) ? 540 : 3600)
-    ])
-    error_message = "Timeouts: event-driven functions (submit, complete) at most 540 s; HTTP functions at most 3600 s."
+    condition     = alltrue([for name in keys(var.function_sizing) : contains(["submit", "stage", "poller", "poll_worker", "complete", "status", "webhook"], name)])
+    error_message = "function_sizing: keys are function names (submit, stage, poller, poll_worker, complete, status, webhook)."
   }
 }
 
@@ -178,8 +172,8 @@ variable "extra_env" {
   default     = {}
 
   validation {
-    condition     = length(setintersection(keys(var.extra_env), ["GEMINI_API_KEY", "POLLER_TOKEN", "POLLER_AUDIENCE", "POLLER_INVOKER_EMAIL"])) == 0
-    error_message = "extra_env must not set GEMINI_API_KEY or POLLER_TOKEN (secrets) nor the auth settings Terraform derives."
+    condition     = length(setintersection(keys(var.extra_env), ["GEMINI_API_KEY", "WEBHOOK_SIGNING_SECRET", "POLLER_TOKEN", "POLLER_AUDIENCE", "POLLER_INVOKER_EMAIL"])) == 0
+    error_message = "extra_env must not set GEMINI_API_KEY, WEBHOOK_SIGNING_SECRET or POLLER_TOKEN (secrets) nor the auth settings Terraform derives."
   }
 }
 
@@ -219,7 +213,7 @@ variable "poll_schedule" {
 # -- Pub/Sub -----------------------------------------------------------------------------------------
 
 variable "dead_letter_max_delivery_attempts" {
-  description = "Deliveries of a message before it goes to its dead-letter topic (5-100)."
+  description = "Deliveries before a message of the example events subscription goes to its dead-letter topic (5-100). The functions' triggers have their own, per function, in pipeline.tf (max_delivery_attempts)."
   type        = number
   default     = 10
 
@@ -233,6 +227,18 @@ variable "create_example_events_subscription" {
   description = "Create an example pull subscription on the public events topic (retry policy + dead letter), for a downstream consumer to copy or use."
   type        = bool
   default     = true
+}
+
+variable "alert_notification_channels" {
+  description = "Monitoring notification channels (ids: projects/P/notificationChannels/N) told when a dead-letter subscription holds messages. Empty: the incident is only in the console."
+  type        = list(string)
+  default     = []
+}
+
+variable "iam_propagation_wait" {
+  description = "How long the first apply waits after enabling the APIs and granting the service agents' roles before it creates triggers and functions (IAM changes take effect within minutes)."
+  type        = string
+  default     = "120s"
 }
 
 variable "grant_pubsub_token_creator" {
@@ -251,6 +257,26 @@ variable "gemini_secret_id" {
 
 variable "gemini_secret_version" {
   description = "Secret version the functions read at instance start: \"latest\" or a version number (pin a number to roll keys deliberately)."
+  type        = string
+  default     = "latest"
+}
+
+# -- the Gemini webhook (push instead of waiting for the next poll) ------------------------------------
+
+variable "enable_webhook" {
+  description = "Deploy the public webhook function. Turn on once the webhook is registered at the Gemini API and its signing secret is stored (infra/README.md, Webhook): without the secret the function cannot deploy, and a public endpoint should not exist before it can verify anything. The poller works either way."
+  type        = bool
+  default     = false
+}
+
+variable "webhook_secret_id" {
+  description = "Secret Manager secret holding the webhook's Standard Webhooks signing secret (WEBHOOK_SIGNING_SECRET). Terraform creates the container only."
+  type        = string
+  default     = "gemini-webhook-signing-secret"
+}
+
+variable "webhook_secret_version" {
+  description = "Version of the signing secret the webhook reads at instance start (\"latest\" or a number)."
   type        = string
   default     = "latest"
 }

@@ -9,6 +9,16 @@ terraform {
       # (it cannot be generated offline); commit it then.
       version = "~> 6.0"
     }
+    # google_project_service_identity (the Pub/Sub and Eventarc service agents) exists only in google-beta.
+    google-beta = {
+      source  = "hashicorp/google-beta"
+      version = "~> 6.0"
+    }
+    # time_sleep: the wait for IAM propagation on a fresh project (main.tf).
+    time = {
+      source  = "hashicorp/time"
+      version = "~> 0.13"
+    }
   }
 
   # Remote state in a GCS bucket (versioned, created by infra/deploy.sh if missing). Partial configuration:
@@ -17,6 +27,12 @@ terraform {
 }
 
 provider "google" {
+  project        = var.project_id
+  region         = var.region
+  default_labels = var.labels
+}
+
+provider "google-beta" {
   project        = var.project_id
   region         = var.region
   default_labels = var.labels

@@ -21,6 +21,9 @@ from infra import package
 
 ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = ["complete", "poller", "status", "submit"]
+# Source folders the Terraform deploys that the core team is adding now (functions/webhook/main.py): until
+# they land, the checks below accept their absence; once they exist they are checked like the others.
+AWAITING_SOURCES = {"webhook"} - set(package.discover_functions())
 PIN = re.compile(r"^(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*)==(?P<version>[A-Za-z0-9.+!-]+)$")
 # Tools of the dev, emulator and cli extras that nothing at run time needs: none may be deployed.
 NOT_RUNTIME = {
@@ -49,8 +52,33 @@ def pins(built) -> list[str]:
 
 
 def test_every_function_is_packaged(built):
-    assert package.discover_functions() == FUNCTIONS
-    assert sorted(built) == FUNCTIONS
+    assert set(FUNCTIONS) <= set(package.discover_functions())
+    assert sorted(built) == package.discover_functions()
+
+
+def test_the_runtime_is_recorded_beside_the_zips(built):
+    out = built["submit"].zip_path.parent
+    assert (out / "runtime.txt").read_text() == package.default_runtime() + "\n"
+    assert package.default_runtime() == "python311"
+
+
+def test_packaging_refuses_a_python_that_is_not_the_runtimes():
+    assert package.check_interpreter("python311", (3, 11)) == "3.11"
+    with pytest.raises(package.PackagingError, match="needs packages pinned under Python 3.12, and this is Python 3.11"):
+        package.check_interpreter("python312", (3, 11))
+    with pytest.raises(package.PackagingError, match="under Python 3.11, and this is Python 3.13"):
+        package.check_interpreter("python311", (3, 13))
+    with pytest.raises(package.PackagingError, match="not a Python runtime"):
+        package.check_interpreter("nodejs20", (3, 11))
+
+
+def test_the_command_refuses_another_runtime_with_one_clear_line(tmp_path):
+    other = "python312" if sys.version_info[:2] != (3, 12) else "python313"
+    result = subprocess.run([sys.executable, "-m", "infra.package", "--out", str(tmp_path), "--runtime", other],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"package: the {other} runtime needs packages pinned under Python")
+    assert not list(tmp_path.iterdir()), "nothing is written"
 
 
 @pytest.mark.parametrize("name", FUNCTIONS)
@@ -190,36 +218,71 @@ def test_runs_as_a_script(tmp_path):
 TERRAFORM = ROOT / "infra" / "terraform"
 
 
+# Settings the Terraform wires into the functions that shared/config.py does not have yet: the core team adds
+# them now (stage/poll topics, the ledgers collection, the webhook's signing secret). Remove each name here
+# once Settings has it; the test then checks it like the others.
+AWAITING_SETTINGS = {"STAGE_TOPIC", "POLL_TOPIC", "LEDGERS_COLLECTION", "WEBHOOK_SIGNING_SECRET"}
+
+
+def _terraform_settings() -> set[str]:
+    functions = (TERRAFORM / "functions.tf").read_text()
+    block = functions[functions.index("common_env = merge("):functions.index("ingress = {")]
+    names = set(re.findall(r"^\s+([A-Z][A-Z0-9_]+)\s+=", block, re.M))
+    pipeline = (TERRAFORM / "pipeline.tf").read_text()
+    names |= set(re.findall(r'setting = "([A-Z][A-Z0-9_]+)"', pipeline))  # topics' and secrets' variables
+    return names
+
+
 def test_terraform_sets_only_real_settings():
-    """Every environment variable the functions get is a shared/config.py field (or GEMINI_API_KEY's secret)."""
+    """Every environment variable the functions get is a shared/config.py field (or one the core team adds)."""
     from shared.config import Settings
 
-    text = (TERRAFORM / "functions.tf").read_text()
-    block = text[text.index("common_env = merge("):text.index("ingress = {")]
-    names = set(re.findall(r"^\s+([A-Z][A-Z0-9_]+)\s+=", block, re.M))
-    assert {"GOOGLE_CLOUD_PROJECT", "INPUT_BUCKET", "OUTPUT_BUCKET", "EVENTS_TOPIC", "COMPLETE_TOPIC",
-            "POLLER_AUDIENCE", "POLLER_INVOKER_EMAIL"} <= names
+    names = _terraform_settings()
+    assert {"GOOGLE_CLOUD_PROJECT", "INPUT_BUCKET", "OUTPUT_BUCKET", "EVENTS_TOPIC", "COMPLETE_TOPIC", "STAGE_TOPIC",
+            "POLL_TOPIC", "JOBS_COLLECTION", "LEDGERS_COLLECTION", "POLLER_AUDIENCE", "POLLER_INVOKER_EMAIL",
+            "GEMINI_API_KEY", "WEBHOOK_SIGNING_SECRET"} <= names
     fields = {name.upper() for name in Settings.model_fields}
-    assert names <= fields, names - fields
-    assert 'key        = "GEMINI_API_KEY"' in text and "gemini_api_key" in Settings.model_fields
+    assert names - fields <= AWAITING_SETTINGS, (names - fields) - AWAITING_SETTINGS
+    assert not AWAITING_SETTINGS & fields, f"Settings has {AWAITING_SETTINGS & fields} now: drop them from AWAITING_SETTINGS"
 
 
-def test_terraform_runs_every_packaged_function_with_its_entry_point():
-    text = (TERRAFORM / "functions.tf").read_text()
-    assert "entry_point       = each.key" in text
-    assert 'function_names = toset(["submit", "complete", "poller", "status"])' in (TERRAFORM / "main.tf").read_text()
-    assert sorted(["submit", "complete", "poller", "status"]) == package.discover_functions()
+def _function_table() -> dict[str, tuple[str, str]]:
+    """name -> (source, entry_point) of every function in pipeline.tf."""
+    text = (TERRAFORM / "pipeline.tf").read_text()
+    return {name: (source, entry) for name, source, entry in re.findall(
+        r'^    (\w+) = \{\n(?:\s*#.*\n)*\s*enabled\s+= [^,]+, source = "(\w+)", entry_point = "(\w+)"', text, re.M)}
+
+
+def test_terraform_deploys_every_packaged_source_with_existing_entry_points():
+    table = _function_table()
+    assert set(table) == {"submit", "stage", "poller", "poll_worker", "complete", "status", "webhook"}
+    sources = {source for source, _ in table.values()}
+    assert sources == set(package.discover_functions()) | AWAITING_SOURCES
+    for name, (source, entry_point) in table.items():
+        main = ROOT / "functions" / source / "main.py"
+        if source in AWAITING_SOURCES or not main.is_file():
+            continue
+        defined = re.search(rf"^def {entry_point}\(", main.read_text(), re.M)
+        if defined is None and entry_point in {"stage", "poll_worker"}:
+            continue  # entry points the core team is adding to an existing main.py
+        assert defined, f"{name}: functions/{source}/main.py defines no {entry_point}()"
 
 
 def test_deploy_script_reads_only_declared_outputs():
     outputs = set(re.findall(r'^output "([a-z_]+)"', (TERRAFORM / "outputs.tf").read_text(), re.M))
     script = (ROOT / "infra" / "deploy.sh").read_text()
-    static = set(re.findall(r'tf_out ([a-z_]+)\b', script))
-    # Built from a loop variable in deploy.sh: "${fn}_function", "${fn}_url", "${fn}_dead_letter_topic".
-    assert '"${fn}_function"' in script and '"${fn}_url"' in script and '"${fn}_dead_letter_topic"' in script
-    dynamic = {f"{fn}_function" for fn in ("submit", "complete", "poller", "status")}
-    dynamic |= {"poller_url", "status_url", "submit_dead_letter_topic", "complete_dead_letter_topic"}
-    assert static and (static | dynamic) <= outputs, (static | dynamic) - outputs
+    read = set(re.findall(r'tf_out ([a-z_]+)\b', script))
+    # Built from a loop variable in deploy.sh: "${fn}_url" for the HTTP functions whose URL is checked.
+    assert '"${fn}_url"' in script
+    read |= {"poller_url", "status_url"}
+    assert read and read <= outputs, read - outputs
+
+
+def test_deploy_script_checks_every_zip_terraform_needs():
+    script = (ROOT / "infra" / "deploy.sh").read_text()
+    listed = re.search(r"^SOURCES=\((.*)\)$", script, re.M)
+    assert listed, "deploy.sh lists the source zips it needs in SOURCES=(...)"
+    assert set(listed[1].split()) == {source for source, _ in _function_table().values()}
 
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
