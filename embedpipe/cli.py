@@ -226,12 +226,11 @@ def status(
     """One job: progress, counts, success rate, cost estimates, shards, errors, input problems, outputs."""
     with _services(ctx) as services:
         job = services.job(job_id)
+        view = services.describe(job_id)
     if as_json:
-        from shared.views import job_view
-
-        _print_json(job_view(job))
+        _print_json(view)
     else:
-        _console().print(render.status_view(job))
+        _console().print(render.status_view(job, view))
 
 
 @app.command()
@@ -264,7 +263,7 @@ def watch(
             for job_id, job in seen.items():
                 if job is not None:
                     style = render.STATE_STYLES.get(job.state, "")
-                    progress.update(tasks[job_id], completed=job.progress_percentage, state=f"[{style}]{job.state.value}[/]",
+                    progress.update(tasks[job_id], completed=services.progress(job), state=f"[{style}]{job.state.value}[/]",
                                     counts=f"{job.counts.succeeded} ok, {job.counts.failed} failed of {job.counts.total}")
 
         with progress:
@@ -300,15 +299,17 @@ def cancel(ctx: typer.Context, job_id: Annotated[str, typer.Argument(metavar="JO
 # -- fetch, search -----------------------------------------------------------------------------------------
 
 
-def _with_output(job: Job) -> Job:
+def _with_output(services: Services, job: Job) -> tuple[list[str], list[str]]:
+    """The job's embeddings and Parquet files (from its manifest), or `NoOutput` saying why there are none."""
     if job.output is None or not job.output.manifest:
         if job.active:
             raise NoOutput(f"job {job.job_id} is {job.state.value}: it has no output yet "
                            f"(`embedpipe watch {job.job_id}` waits for it)")
         raise NoOutput(f"job {job.job_id} ended {job.state.value} without output")
-    if not job.output.embeddings:
+    embeddings, parquet = services.output_files(job)
+    if not embeddings:
         raise NoOutput(f"job {job.job_id} ended {job.state.value} with no embeddings ({job.counts.succeeded} items succeeded)")
-    return job
+    return embeddings, parquet
 
 
 @app.command()
@@ -327,8 +328,8 @@ def fetch(
 
     output_format(out)
     with _services(ctx) as services:
-        job = _with_output(services.job(job_id))
-        result = fetch_output(job.output.embeddings, job.output.parquet, out, services.blobs.open_read)
+        embeddings, parquet = _with_output(services, services.job(job_id))
+        result = fetch_output(embeddings, parquet, out, services.blobs.open_read)
     if result.ids_path is not None:
         typer.echo(f"Wrote a {result.rows} x {result.dimensions} float32 matrix to {result.path}; the id of each row, "
                    f"in the same order, one per line: {result.ids_path}")
@@ -351,7 +352,6 @@ def search(
     """
     from embedpipe.fetch import iter_vectors
     from embedpipe.search import Hit, texts_for, top_k
-    from shared.domain.options import TaskType
     from shared.errors import NotFound
     from shared.gemini import normalize
     from shared.ingest import read_source
@@ -359,14 +359,13 @@ def search(
     if not query.strip():
         raise errors.BadArgument("the query is empty")
     with _services(ctx) as services:
-        job = _with_output(services.job(job_id))
-        if not job.output.parquet:
+        job = services.job(job_id)
+        _, parquet = _with_output(services, job)
+        if not parquet:
             raise NoOutput(f"job {job_id} has no Parquet output to search")
         options = job.options
-        with services.gemini() as gemini:
-            values = gemini.embed_content(query, model=options.model, task_type=TaskType.RETRIEVAL_QUERY,
-                                          output_dimensionality=options.output_dimensionality)
-        hits = top_k(normalize(values), iter_vectors(job.output.parquet, services.blobs.open_read), k)
+        values = services.provider(options.provider).embed_query(query, options)
+        hits = top_k(normalize(values), iter_vectors(parquet, services.blobs.open_read), k)
         try:
             with services.blobs.open_read(job.source.uri, job.source.generation) as stream:
                 records = texts_for([hit.id for hit in hits],

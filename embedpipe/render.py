@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,7 @@ def jobs_table(jobs: Iterable[Job], now: datetime | None = None) -> Table:
     for job in jobs:
         counts = job.counts
         table.add_row(
-            job.job_id, state_text(job.state), job.source.name, percent(job.progress_percentage),
+            job.job_id, state_text(job.state), job.source.name, percent(job.progress()),
             f"{counts.succeeded}/{counts.failed}/{counts.total}", percent(job.success_rate), age(job.created_at, now),
         )
     return table
@@ -120,10 +121,12 @@ def _bar(fraction: float, width: int = 30) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def status_view(job: Job, now: datetime | None = None) -> RenderableType:
-    """Everything an operator asks about one job: progress, counts, cost, shards, problems, outputs."""
+def status_view(job: Job, view: Mapping[str, Any], now: datetime | None = None) -> RenderableType:
+    """Everything an operator asks about one job (`shared.views.describe_job`): progress, counts, cost, its
+    place in the queue, the capacity in use, shards, problems, outputs."""
     now = now or _now()
     counts, options = job.counts, job.options
+    progress = view.get("progress_percentage", job.progress())
     parts: list[RenderableType] = []
     summary = [
         ("Job", job.job_id),
@@ -131,15 +134,29 @@ def status_view(job: Job, now: datetime | None = None) -> RenderableType:
         ("Source", f"{job.source.uri}#{job.source.generation}"),
     ]
     if options is not None:
-        summary.append(("Options", f"{options.model}, {options.output_dimensionality} dims, {options.task_type.value}"
-                                   + (f", {options.display_name!r}" if options.display_name else "")))
+        summary.append(("Options", f"{options.provider}/{options.model}, {options.output_dimensionality} dims, "
+                                   f"{options.task_type}" + (f", {options.display_name!r}" if options.display_name else "")))
     summary += [
-        ("Progress", f"{_bar(job.progress_percentage / 100)} {percent(job.progress_percentage)}"),
+        ("Progress", f"{_bar(progress / 100)} {percent(progress)}"),
         ("Items", f"{counts.succeeded} succeeded, {counts.failed} failed, {counts.pending} pending of {counts.total}"
-                  + (f" ({counts.input_problems} input problems)" if counts.input_problems else "")),
+                  + (f" ({counts.input_problems} input problems)" if counts.input_problems else "")
+                  + (f"; {counts.reused} reused from the cache" if counts.reused else "")),
         ("Success rate", percent(job.success_rate)),
         ("Created", f"{job.created_at:%Y-%m-%d %H:%M:%S} UTC ({age(job.created_at, now)} ago)"),
     ]
+    queue = view.get("queue")
+    if queue:
+        start = queue.get("estimated_start")
+        summary.append(("Queue", f"position {queue['position']}, {queue['tokens_ahead']:,} tokens ahead"
+                                 + (f", estimated start {start}" if start else ", start not yet estimable")))
+    if view.get("waited_seconds") is not None:
+        summary.append(("Waited", f"{view['waited_seconds']:.0f} s for capacity"))
+    capacity = view.get("capacity")
+    if capacity:
+        limit = capacity.get("effective_limit")
+        summary.append(("Capacity", f"{capacity['tokens_held']:,} tokens in flight of "
+                                    f"{f'{limit:,}' if limit is not None else 'no limit'} ({capacity['ledger']}), "
+                                    f"{capacity['batches_held']} batches"))
     if job.completed_at:
         summary.append(("Completed", f"{job.completed_at:%Y-%m-%d %H:%M:%S} UTC "
                                      f"(took {age(job.created_at, job.completed_at)})"))
@@ -152,21 +169,22 @@ def status_view(job: Job, now: datetime | None = None) -> RenderableType:
         summary.append(("Cancel", "requested"))
     parts.append(_pairs(summary))
 
-    if job.shards:
-        shards = Table(title="Shards", title_justify="left", box=None, header_style="bold", pad_edge=False)
-        for name in ("#", "BATCH", "STATE", "REQUESTS", "OK", "FAILED", "PENDING", "TRIES"):
-            shards.add_column(name, justify="right" if name in ("#", "REQUESTS", "OK", "FAILED", "PENDING", "TRIES") else "left",
-                              overflow="fold")
-        for shard in job.shards:
-            index = f"{shard.index}" + (f"<{shard.parent}" if shard.parent is not None else "")
-            shards.add_row(index, shard.batch_name or "-", shard.state.value, str(shard.request_count), str(shard.succeeded),
-                           str(shard.failed), str(shard.pending), str(shard.batch_attempts))
+    rows = (view.get("shards") or {}).get("list") or []
+    if rows:
+        shards = Table(title=f"Shards ({view['shards']['count']}, {view['shards']['open']} open)", title_justify="left",
+                       box=None, header_style="bold", pad_edge=False)
+        numeric = ("#", "REQUESTS", "TOKENS", "OK", "FAILED", "PENDING", "TRY")
+        for name in ("#", "BATCH", "STATE", "REQUESTS", "TOKENS", "OK", "FAILED", "PENDING", "TRY"):
+            shards.add_column(name, justify="right" if name in numeric else "left", overflow="fold")
+        for row in rows:
+            shards.add_row(str(row["index"]), row["batch"] or "-", row["state"], str(row["requests"]), f"{row['tokens']:,}",
+                           str(row["succeeded"]), str(row["failed"]), str(row["pending"]), str(row["attempt"]))
         parts += [Text(""), shards]
 
     errors = [(f"job {job.state.value}", job.error)] if job.error else []
     if job.last_error and job.active:
         errors.append(("last error", job.last_error))
-    errors += [(f"shard {s.index}", s.provider_error) for s in job.shards if s.provider_error]
+    errors += [(f"shard {row['index']}", _Error(**row["error"])) for row in rows if row.get("error")]
     if errors:
         parts += [Text(""), Text("Errors", style="bold")]
         parts += [Text(f"  {where}: {error.code}: {error.message}", style="red") for where, error in errors[:10]]
@@ -180,15 +198,21 @@ def status_view(job: Job, now: datetime | None = None) -> RenderableType:
 
     output = job.output
     if output and output.manifest:
-        rows = [("Manifest", output.manifest), ("Prefix", output.prefix)]
-        rows += [("Embeddings", uri) for uri in output.embeddings]
-        rows += [("Parquet", uri) for uri in output.parquet]
+        rows_out = [("Manifest", output.manifest), ("Prefix", output.prefix), ("Files", f"{output.files} embeddings files "
+                                                                                     "(JSONL and Parquet each; the manifest lists them)")]
         if output.errors:
-            rows.append(("Failed items", output.errors))
+            rows_out.append(("Failed items", output.errors))
         if output.input_errors:
-            rows.append(("Input errors", output.input_errors))
-        parts += [Text(""), Text("Outputs", style="bold"), _pairs(rows)]
+            rows_out.append(("Input errors", output.input_errors))
+        parts += [Text(""), Text("Outputs", style="bold"), _pairs(rows_out)]
     return Group(*parts)
+
+
+@dataclass(frozen=True)
+class _Error:
+    code: str
+    message: str
+    at: Any = None
 
 
 def event_line(event: Mapping[str, Any]) -> str:

@@ -90,12 +90,49 @@ class Services:
 
         return pubsub_v1.SubscriberClient()
 
-    def gemini(self):
-        """A `GeminiClient` (a context manager: close it)."""
-        from shared.gemini import GeminiClient
+    @cached_property
+    def ledgers(self):
+        from shared.adapters.firestore_jobs import FirestoreLedgerRepository
 
-        self.config.require("GEMINI_API_KEY", "the interactive embedding endpoint")
-        return GeminiClient.from_settings(self.settings, max_retries=2, timeout=30.0)
+        return FirestoreLedgerRepository(self.firestore, self.settings.ledgers_collection)
+
+    def provider(self, name: str):
+        """The job's provider, for its interactive endpoint (queries)."""
+        from shared.bootstrap import build_providers
+
+        if name == "gemini":
+            self.config.require("GEMINI_API_KEY", "the interactive embedding endpoint")
+        settings = self.settings.model_copy(update={"provider": name, "providers": "", "gemini_max_retries": 2,
+                                                    "gemini_timeout_seconds": 30.0})
+        return build_providers(settings)[name]
+
+    def describe(self, job_id: str) -> dict[str, Any]:
+        """One job as operators see it (`shared.views.describe_job`), or `JobNotFound`."""
+        from datetime import UTC, datetime
+
+        from shared.views import describe_job
+
+        view = describe_job(self.jobs, self.ledgers, job_id, datetime.now(UTC))
+        if view is None:
+            self.job(job_id)  # raises JobNotFound, naming where it looked
+        return view
+
+    def progress(self, job: Job) -> float:
+        """Percent done, counting items done in the job's running batches too."""
+        from shared.domain.jobs import SHARD_IN_FLIGHT
+
+        if not job.active:
+            return job.progress()
+        running = self.jobs.shards(job.job_id, states=[s.value for s in SHARD_IN_FLIGHT])
+        return job.progress(sum(s.items_done() for s in running))
+
+    def output_files(self, job: Job) -> tuple[list[str], list[str]]:
+        """The job's embeddings and Parquet files, as its manifest lists them."""
+        import orjson
+
+        with self.blobs.open_read(job.output.manifest) as stream:
+            files = orjson.loads(stream.read())["files"]
+        return [f["uri"] for f in files["embeddings"]], [f["uri"] for f in files["parquet"]]
 
     def job(self, job_id: str) -> Job:
         """The job, or `JobNotFound` naming where it was looked for."""

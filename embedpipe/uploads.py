@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedpipe.errors import BadArgument
+from shared.domain.capabilities import Capabilities
 from shared.domain.options import JobOptions, OptionError, options_from_metadata
 from shared.ingest import detect_format
 
@@ -50,12 +51,31 @@ def upload_metadata(defaults: JobOptions, **options: object) -> dict[str, str]:
     here instead of as a FAILED job."""
     metadata = {key: str(value) for key, value in options.items() if value is not None}
     try:
-        options_from_metadata(metadata, defaults)
+        options_from_metadata(metadata, defaults, published_capabilities)
     except OptionError as exc:
         allowed = ", ".join(exc.allowed) if isinstance(exc.allowed, list) else exc.allowed
         flag = "--dimensions" if exc.option == "output_dimensionality" else "--" + exc.option.replace("_", "-")
         raise BadArgument(f"{flag} {exc.value}: allowed values are {allowed}") from None
     return metadata
+
+
+def published_capabilities(provider: str, model: str) -> Capabilities:
+    """What each provider documents for its models (no call: the CLI checks options before uploading)."""
+    from shared.adapters.gemini_provider import GEMINI_MODELS
+
+    known = {"gemini": GEMINI_MODELS}
+    try:
+        from shared.adapters.vertex_provider import VERTEX_MODELS
+
+        known["vertex"] = VERTEX_MODELS
+    except ImportError:
+        pass
+    if provider not in known:
+        raise OptionError("provider", provider, sorted(known))
+    plain = model.rsplit("/", 1)[-1]
+    if plain not in known[provider]:
+        raise OptionError("model", model, sorted(known[provider]))
+    return known[provider][plain]
 
 
 def check_format(path: Path, content_type: str) -> None:

@@ -8,8 +8,9 @@ from shared.config import Settings, get_settings
 from shared.logging import configure_logging, register_secret
 from shared.ports import BatchProvider
 from shared.services.context import Context
+from shared.services.messages import Outbox
 
-__all__ = ["build_context", "context", "setup_logging"]
+__all__ = ["build_context", "context", "context_for_webhook", "setup_logging"]
 
 
 def build_providers(settings: Settings) -> dict[str, BatchProvider]:
@@ -57,6 +58,7 @@ def setup_logging() -> None:
     configure_logging(settings.log_level, settings.google_cloud_project)
     register_secret(settings.gemini_api_key.get_secret_value())
     register_secret(settings.poller_token.get_secret_value())
+    register_secret(settings.webhook_signing_secret.get_secret_value())
 
 
 @lru_cache(maxsize=1)
@@ -64,3 +66,14 @@ def context() -> Context:
     """The process's context. Functions call it per invocation; clients are created on the first call."""
     setup_logging()
     return build_context(get_settings())
+
+
+@lru_cache(maxsize=1)
+def context_for_webhook() -> Outbox:
+    """The webhook only hands batches on: a publisher and the settings, no store, no provider, no key."""
+    from google.cloud import pubsub_v1
+
+    from shared.adapters.pubsub_publisher import PubSubPublisher
+
+    settings = get_settings()
+    return Outbox(settings=settings, publisher=PubSubPublisher(pubsub_v1.PublisherClient(), settings.google_cloud_project))

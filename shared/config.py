@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     poller_token: SecretStr = SecretStr("")  # local stack: a shared bearer token
     poller_audience: str = ""  # cloud: the OIDC audience (the poller's URL)
     poller_invoker_email: str = ""  # cloud: the scheduler's service account
-    webhook_secret: SecretStr = SecretStr("")  # Standard Webhooks signing secret (whsec_...) of batch webhooks
+    webhook_signing_secret: SecretStr = SecretStr("")  # Standard Webhooks secret (whsec_...) of batch webhooks
 
     # -- monitoring -------------------------------------------------------------------------------
     success_rate_alert_threshold: float = 95.0

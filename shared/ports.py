@@ -102,8 +102,8 @@ class JobRepository(abc.ABC):
         """The shard, or None."""
 
     @abc.abstractmethod
-    def shards(self, job_id: str, *, states: Iterable[str] | None = None) -> Iterator[Shard]:
-        """The job's shards in index order, optionally only those in `states`; streamed."""
+    def shards(self, job_id: str, *, states: Iterable[str] | None = None, limit: int | None = None) -> Iterator[Shard]:
+        """The job's shards in index order, optionally only those in `states`, at most `limit`; streamed."""
 
     @abc.abstractmethod
     def update_shard(self, job_id: str, index: int, change: Callable[[Shard], T]) -> tuple[Shard, T]:
@@ -318,6 +318,11 @@ class BatchProvider(abc.ABC):
     @abc.abstractmethod
     def delete_results(self, name: str) -> bool:
         """Delete a batch's stored results. False when the provider keeps them (they expire on their own)."""
+
+    @abc.abstractmethod
+    def embed_query(self, text: str, options: JobOptions) -> list[float]:
+        """One query embedded at the provider's interactive endpoint, as a retrieval query for the same model
+        and dimensions as a job's passages."""
 
     def result_bytes(self, items: int, dimensions: int) -> int:
         """About how much storage a batch's results of `items` vectors take at the provider."""

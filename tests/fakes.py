@@ -190,11 +190,11 @@ class FakeJobRepository(JobRepository):
             key = (job_id, index)
             return self._shard(key) if key in self.shard_docs else None
 
-    def shards(self, job_id: str, *, states: Iterable[str] | None = None) -> Iterator[Shard]:
+    def shards(self, job_id: str, *, states: Iterable[str] | None = None, limit: int | None = None) -> Iterator[Shard]:
         wanted = {str(s) for s in states} if states is not None else None
         with self._lock:
             found = [self._shard(key) for key in sorted(k for k in self.shard_docs if k[0] == job_id)]
-        yield from (s for s in found if wanted is None or s.state.value in wanted)
+        yield from [s for s in found if wanted is None or s.state.value in wanted][:limit]
 
     def update_shard(self, job_id: str, index: int, change: Callable[[Shard], T]) -> tuple[Shard, T]:
         with self._lock:
@@ -536,6 +536,10 @@ class FakeBatchProvider(BatchProvider):
     def delete_results(self, name: str) -> bool:
         self._count("delete_results")
         return self.results_deletable
+
+    def embed_query(self, text: str, options: JobOptions) -> list[float]:
+        self._count("embed_query")
+        return fake_vector(text, options.output_dimensionality)
 
     # -- test controls ------------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """status: the jobs API (list, one job, cancel), authenticated like the poller, and a dashboard page.
 
     GET  /jobs?state=&limit=&after=   the newest jobs          (bearer token)
-    GET  /jobs/ID                     one job                  (bearer token)
+    GET  /jobs/ID                     one job, with its shards, queue position and capacity (bearer token)
     POST /jobs/ID:cancel              cancel a job             (bearer token)
+    GET  /capacity                    each ledger's tokens and batches in flight against its limits (bearer token)
     GET  /dashboard                   the dashboard page       (no token: the page holds no data)
 
 The dashboard is one self-contained page (inline CSS and JS, no external assets) that reads the jobs API
@@ -25,7 +26,7 @@ from shared.config import get_settings
 from shared.domain.jobs import JobState
 from shared.errors import NotFound
 from shared.services.cancel import cancel_job
-from shared.views import job_view
+from shared.views import describe_job, job_view
 
 DASHBOARD_PATHS = ("/dashboard",)
 
@@ -62,10 +63,13 @@ def status(request: flask.Request):
                 return {"error": f"no job {job_id}"}, 404
             return dataclasses.asdict(result), 202 if not result.cancelled else 200
         if not verb and request.method == "GET":
-            job = ctx.jobs.get(job_id)
-            if job is None:
+            view = describe_job(ctx.jobs, ctx.ledgers, job_id, ctx.clock())
+            if view is None:
                 return {"error": f"no job {job_id}"}, 404
-            return job_view(job), 200
+            return view, 200
+    if path == "/capacity" and request.method == "GET":
+        ledgers = [ctx.ledgers.get(key) for key in ctx.ledgers.list_keys()]
+        return {"ledgers": [{"ledger": ledger.key, **ledger.usage()} for ledger in ledgers if ledger]}, 200
     return {"error": "not found"}, 404
 
 
@@ -102,6 +106,9 @@ progress { width: 8rem; height: .9rem; vertical-align: middle; accent-color: #2d
 .outputs div { margin: .1rem 0; }
 .outputs a { margin-right: .5rem; }
 .error { color: #a40e26; font-size: 12px; }
+.waiting { color: #7d4e00; font-size: 12px; }
+#capacity .ledger { margin: .2rem 0 .6rem; }
+#capacity progress { margin: 0 .5rem; }
 """
 
 _SCRIPT = """
@@ -144,19 +151,36 @@ function gsLink(uri) {
   return el("a", {href, title: uri, target: "_blank", rel: "noopener noreferrer"}, m[2].split("/").pop());
 }
 
+function waiting(job) {
+  return ["SUBMITTING", "RUNNING"].includes(job.state) && !job.first_admitted_at && job.counts.total > 0;
+}
+
+function showCapacity(ledgers) {
+  $("capacity").replaceChildren(...ledgers.map((l) => {
+    const limit = l.effective_limit;
+    const used = limit ? Math.min(100, 100 * l.tokens_held / limit) : 0;
+    return el("div", {className: "ledger"}, el("code", {textContent: l.ledger}),
+              el("progress", {max: 100, value: used}),
+              el("span", {textContent: ` ${l.tokens_held.toLocaleString()} tokens in flight of ` +
+                (limit ? limit.toLocaleString() : "no limit") + `, ${l.batches_held} batches` +
+                (l.refusals ? `, ${l.refusals} refused` : "")}));
+  }));
+}
+
 function row(job) {
   const c = job.counts;
   const out = job.output || {};
   const outputs = el("td", {className: "outputs"});
   if (out.manifest) {
     outputs.append(el("div", {}, el("code", {textContent: out.prefix})),
-                   el("div", {}, ...[out.manifest, ...(out.embeddings || [])].map(gsLink)));
+                   el("div", {}, gsLink(out.manifest), el("span", {textContent: " " + out.files + " files"})));
   }
   const error = job.error ? el("div", {className: "error", textContent: job.error.code + ": " + job.error.message}) : null;
   const tr = el("tr", {},
     el("td", {}, el("code", {textContent: job.job_id})),
     el("td", {}, el("code", {textContent: job.source.name})),
-    el("td", {}, el("span", {className: "state " + job.state, textContent: job.state}), error),
+    el("td", {}, el("span", {className: "state " + job.state, textContent: job.state}),
+       waiting(job) ? el("div", {className: "waiting", textContent: "waiting for capacity"}) : null, error),
     el("td", {className: "num"}, el("progress", {max: 100, value: job.progress_percentage}),
        el("span", {className: "pct", textContent: job.progress_percentage.toFixed(1) + "%"})),
     el("td", {className: "num succeeded", textContent: c.succeeded}),
@@ -203,6 +227,9 @@ async function refresh() {
     }
     if (!response.ok) throw new Error("the jobs API answered " + response.status);
     show((await response.json()).jobs);
+    const capacity = await fetch(location.pathname.replace(/dashboard\\/?$/, "") + "capacity",
+                                 {headers: {Authorization: "Bearer " + token}, cache: "no-store"});
+    if (capacity.ok) showCapacity((await capacity.json()).ledgers);
   } catch (error) {
     $("problem").textContent = "cannot refresh: " + error.message + " (retrying)";
     $("problem").hidden = false;
@@ -239,6 +266,7 @@ DASHBOARD_HTML = f"""<!doctype html>
   <label>State <select id="state"><option value="">all</option>{_STATES}</select></label>
   <span id="updated"></span>
 </header>
+<div id="capacity"></div>
 <div id="problem" role="alert" hidden></div>
 <form id="login" hidden><label>Token <input id="token" type="password" autocomplete="off"></label>
   <button>Use</button></form>

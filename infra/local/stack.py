@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import base64
 import contextlib
 import dataclasses
 import json
@@ -102,7 +103,14 @@ DEFAULT_SETTINGS = {
     "EVENTS_TOPIC": "embedding-events",
     "GCS_NOTIFICATION_TOPIC": "gcs-notifications",
     "LOG_LEVEL": "INFO",
+    # The Gemini emulator lives inside a Tier 1 project's Batch API limits, as users will (their own
+    # settings override these): 500k enqueued tokens, 100 batches, 20 GiB of files, 2 GiB per file.
+    "GEMINI_EMULATOR_QUOTAS": json.dumps({"enqueued_tokens": 500_000, "concurrent_batches": 100,
+                                          "file_storage_bytes": 20 * 1024 ** 3, "file_bytes": 2 * 1024 ** 3}),
 }
+# The emulator signs batch webhooks to the webhook function, when it runs, with the stack's own secret.
+WEBHOOKS = json.dumps([{"uri": "${WEBHOOK_URL}", "signing_secret": "${WEBHOOK_SIGNING_SECRET}",
+                        "subscribed_events": ["batch.succeeded", "batch.failed", "batch.expired"]}])
 DEAD_LETTER_PREFIX = "embedding"  # `<prefix>-<function>-dlq`, as infra/terraform/pubsub.tf names them
 STOP_TIMEOUT_SECONDS = 10.0
 RESET_IDLE_TIMEOUT_SECONDS = 60.0
@@ -295,6 +303,8 @@ def _json_object(settings: Mapping[str, str], key: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as exc:
         raise StackError(f"{key} is not JSON ({exc}): give a JSON object, e.g. {key}='{{\"complete\": 2}}'") from exc
+    if key == "GEMINI_EMULATOR_WEBHOOKS" and isinstance(value, list):  # the emulator's list of webhooks
+        return {"webhooks": value}
     if not isinstance(value, dict):
         raise StackError(f"{key} must be a JSON object, not {type(value).__name__}")
     return value
@@ -804,6 +814,9 @@ class LocalStack:
             "POLLER_TOKEN": secrets.token_urlsafe(32),
         })
         env = {key: value for key, value in env.items() if value}
+        if "webhook" in self.functions:
+            env["WEBHOOK_SIGNING_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+            env["GEMINI_EMULATOR_WEBHOOKS"] = WEBHOOKS
         for row in self.functions.values():
             env[row.url_key] = self.url(row.name)
             if row.event_driven:

@@ -22,7 +22,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
@@ -97,7 +97,9 @@ def _revision(snapshot: Any) -> str | None:
         return None
     if isinstance(update_time, DatetimeWithNanoseconds):
         return update_time.rfc3339()
-    return update_time.isoformat()
+    if hasattr(update_time, "ToJsonString"):  # a protobuf Timestamp (write results)
+        return update_time.ToJsonString()
+    return update_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _precondition(revision: str) -> DatetimeWithNanoseconds:
@@ -251,12 +253,14 @@ class FirestoreJobRepository(JobRepository):
             snapshot = self._shard_ref(job_id, index).get()
         return _shard(snapshot) if snapshot.exists else None
 
-    def shards(self, job_id: str, *, states: Iterable[str] | None = None) -> Iterator[Shard]:
+    def shards(self, job_id: str, *, states: Iterable[str] | None = None, limit: int | None = None) -> Iterator[Shard]:
         query = self._ref(job_id).collection(SHARDS)
         wanted = [str(s) for s in states] if states is not None else None
-        if wanted is not None and len(wanted) <= 30:
+        if wanted is not None:
             query = query.where(filter=FieldFilter("state", "in", wanted))
         query = query.order_by("index")
+        if limit is not None:
+            query = query.limit(limit)
         with _mapped(f"listing shards of {job_id}"):
             for snapshot in query.stream():
                 shard = _shard(snapshot)

@@ -208,6 +208,12 @@ class GeminiBatchProvider(BatchProvider):
         return True
 
 
+    def embed_query(self, text: str, options: JobOptions) -> list[float]:
+        with _mapped("embedding a query"):
+            return self.client.embed_content(text, model=options.model, task_type=TaskType.RETRIEVAL_QUERY,
+                                             output_dimensionality=options.output_dimensionality)
+
+
 def to_provider_batch(batch: EmbeddingBatch) -> ProviderBatch:
     stats = batch.batch_stats
     return ProviderBatch(

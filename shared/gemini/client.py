@@ -150,7 +150,7 @@ class GeminiClient:
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> GeminiClient:
-        """A client configured by `shared.config.Settings` (`GEMINI_API_BASE_URL` picks Google or the
+        """A client configured by the pipeline's settings object (`GEMINI_API_BASE_URL` picks Google or the
         emulator; nothing else differs)."""
         options: dict[str, Any] = {
             "base_url": settings.gemini_api_base_url,

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.domain.jobs import FINAL_SHARD_STATES, SHARD_IN_FLIGHT, ErrorInfo, Job, JobState, ShardState
+from shared.errors import TransientError
+from shared.logging import get_logger
 from shared.services.batches import abandon_shard, provider_of, resolve_by_tag, stop_batch
 from shared.services.context import Context
 from shared.services.finish import end_job
-from shared.errors import TransientError
-from shared.logging import get_logger
 from shared.services.leasing import LeaseHeld, leased, save
 
 __all__ = ["CancelResult", "cancel_held", "cancel_job", "stop_shards"]

@@ -7,6 +7,7 @@
     POLL_TOPIC      {"shards": [snapshot...]}    refresh due shards                       -> `poll_worker`
                     {"jobs": [snapshot...]}      look after due jobs                      -> `poll_worker`
                     {"create": [[job_id, shard]...]}  create admitted shards' batches     -> `poll_worker`
+                    {"batches": [name...]}       batches a webhook says ended: poll them  -> `poll_worker`
 
 A snapshot is the document as the poller's query read it, with its revision: the worker writes over that
 revision only (so each due document is read once). Every receiver is idempotent.
@@ -16,33 +17,50 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from shared.config import Settings
 from shared.domain.jobs import Job, Shard, SourceObject
-from shared.services.context import Context
+from shared.ports import MessagePublisher
 
-__all__ = ["create_batches", "finish_job", "poll_jobs", "poll_shards", "snapshot_of", "stage_job", "stage_object",
-           "write_shard", "from_snapshot"]
+__all__ = ["Sender", "create_batches", "finish_job", "from_snapshot", "poll_batches", "poll_jobs", "poll_shards",
+           "snapshot_of", "stage_job", "stage_object", "write_shard"]
 
 
-def _send(ctx: Context, topic: str, payload: dict[str, Any], job_id: str | None = None) -> None:
+class Sender(Protocol):
+    """What sending needs: a `shared.services.context.Context` is one."""
+
+    settings: Settings
+    publisher: MessagePublisher
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """A sender alone, for a function that only hands work on (the public webhook)."""
+
+    settings: Settings
+    publisher: MessagePublisher
+
+
+def _send(ctx: Sender, topic: str, payload: dict[str, Any], job_id: str | None = None) -> None:
     attributes = {"job_id": job_id} if job_id else {}
     ctx.publisher.publish(topic, json.dumps(payload, separators=(",", ":"), default=str).encode(), attributes)
 
 
-def stage_job(ctx: Context, job_id: str) -> None:
+def stage_job(ctx: Sender, job_id: str) -> None:
     _send(ctx, ctx.settings.stage_topic, {"job_id": job_id}, job_id)
 
 
-def stage_object(ctx: Context, source: SourceObject) -> None:
+def stage_object(ctx: Sender, source: SourceObject) -> None:
     _send(ctx, ctx.settings.stage_topic, {"source": source.model_dump(mode="json")})
 
 
-def write_shard(ctx: Context, job_id: str, index: int) -> None:
+def write_shard(ctx: Sender, job_id: str, index: int) -> None:
     _send(ctx, ctx.settings.complete_topic, {"job_id": job_id, "shard": index}, job_id)
 
 
-def finish_job(ctx: Context, job_id: str) -> None:
+def finish_job(ctx: Sender, job_id: str) -> None:
     _send(ctx, ctx.settings.complete_topic, {"job_id": job_id}, job_id)
 
 
@@ -61,7 +79,7 @@ def _groups(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[start:start + size]
 
 
-def poll_shards(ctx: Context, shards: Sequence[Shard]) -> int:
+def poll_shards(ctx: Sender, shards: Sequence[Shard]) -> int:
     """Fan the due shards out to poll workers, a group per message; returns the messages sent."""
     sent = 0
     for group in _groups(shards, ctx.settings.poll_group_size):
@@ -70,7 +88,7 @@ def poll_shards(ctx: Context, shards: Sequence[Shard]) -> int:
     return sent
 
 
-def poll_jobs(ctx: Context, jobs: Sequence[Job]) -> int:
+def poll_jobs(ctx: Sender, jobs: Sequence[Job]) -> int:
     sent = 0
     for group in _groups(jobs, ctx.settings.poll_group_size):
         _send(ctx, ctx.settings.poll_topic, {"jobs": [snapshot_of(j) for j in group]})
@@ -78,7 +96,12 @@ def poll_jobs(ctx: Context, jobs: Sequence[Job]) -> int:
     return sent
 
 
-def create_batches(ctx: Context, shards: Sequence[tuple[str, int]]) -> int:
+def poll_batches(ctx: Sender, names: Sequence[str]) -> int:
+    _send(ctx, ctx.settings.poll_topic, {"batches": list(names)})
+    return 1
+
+
+def create_batches(ctx: Sender, shards: Sequence[tuple[str, int]]) -> int:
     sent = 0
     for group in _groups(shards, ctx.settings.poll_group_size):
         _send(ctx, ctx.settings.poll_topic, {"create": [list(s) for s in group]})

@@ -57,7 +57,7 @@ from shared.services.finish import end_job, finalize, publish_completion
 from shared.services.leasing import LeaseHeld, leased, save
 from shared.services.reconcile import reconcile_inputs, reconcile_ledger
 
-__all__ = ["PollSummary", "poll_job", "poll_shard", "poll_work", "tick"]
+__all__ = ["PollSummary", "poll_batch", "poll_job", "poll_shard", "poll_work", "tick"]
 
 log = get_logger(__name__)
 
@@ -142,6 +142,9 @@ def poll_work(ctx: Context, payload: dict[str, Any]) -> PollSummary:
         job = messages.from_snapshot(Job, snapshot)
         with bind(job_id=job.job_id):
             _guarded(summary, job.job_id, lambda j=job: _count(summary, poll_job(ctx.for_invocation(), j)))
+    for name in payload.get("batches", []):
+        with bind(batch=name):
+            _guarded(summary, name, lambda n=name: _count(summary, poll_batch(ctx.for_invocation(), n)))
     for job_id, index in payload.get("create", []):
         with bind(job_id=job_id, shard=index):
             _guarded(summary, f"{job_id}/{index}",
@@ -184,6 +187,14 @@ def poll_shard(ctx: Context, shard: Shard) -> str:
     shard.next_poll_at = None  # nothing to look after (waiting for capacity, or final)
     ctx.jobs.replace_shard_if_unchanged(shard)
     return "unchanged"
+
+
+def poll_batch(ctx: Context, name: str) -> str:
+    """A batch a webhook says ended: poll its shard now (a batch of no shard of ours is ignored)."""
+    shard = ctx.jobs.shard_of_batch(name)
+    if shard is None:
+        return "unknown_batch"
+    return poll_shard(ctx, shard)
 
 
 def _refresh(ctx: Context, shard: Shard, batch: ProviderBatch) -> str:

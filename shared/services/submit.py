@@ -23,7 +23,7 @@ from shared.domain.options import OnBadRecord, OptionError, options_from_metadat
 from shared.errors import NotFound
 from shared.logging import bind, get_logger
 from shared.services import messages
-from shared.services.admission import admit
+from shared.services.admission import admit, configure_ledger
 from shared.services.cancel import cancel_held, stop_shards
 from shared.services.context import Context
 from shared.services.finish import end_job, publish_completion
@@ -129,8 +129,9 @@ def _options(ctx: Context, job: Job) -> ErrorInfo | None:
         return ErrorInfo(code="INVALID_OPTION", message=str(exc))
     capabilities = ctx.capabilities(job.options.provider, job.options.model)
     job.ledger = capabilities.ledger_key
-    ledger = ctx.ledgers.get(job.ledger)
-    job.staging.fair_start = ledger.virtual_time if ledger is not None else 0.0
+    # The ledger exists from its first job on, so the poller's tick admits its queue whatever happens here.
+    ledger, _ = ctx.ledgers.update(job.ledger, lambda ledger: configure_ledger(ledger, ctx, capabilities))
+    job.staging.fair_start = ledger.virtual_time
     save(ctx, job)
     return None
 

@@ -10,11 +10,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.cloud import firestore, pubsub_v1, storage
 
-from shared.adapters.firestore_jobs import FirestoreJobRepository
+from shared.adapters.firestore_jobs import FirestoreJobRepository, FirestoreLedgerRepository
 from shared.adapters.gcs_blobs import GcsBlobStore
 from shared.adapters.pubsub_publisher import PubSubPublisher
-from shared.domain.jobs import Job, JobState, SourceObject
-from shared.errors import NotFound
+from shared.domain.jobs import Job, JobState, Shard, ShardState, SourceObject
+from shared.domain.ledger import Admission
+from shared.errors import NotFound, PermanentError, TransientError
 from tests.integration.pipeline_helpers import EventSubscription
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,16 @@ def a_job(job_id: str, **fields) -> Job:
 @pytest.fixture
 def repo(stack):
     return FirestoreJobRepository(firestore.Client(project=stack.env["GOOGLE_CLOUD_PROJECT"]), f"t-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def ledgers(stack):
+    return FirestoreLedgerRepository(firestore.Client(project=stack.env["GOOGLE_CLOUD_PROJECT"]), f"l-{uuid.uuid4().hex[:8]}")
+
+
+def a_shard(job_id: str, index: int, **fields) -> Shard:
+    return Shard(job_id=job_id, index=index, records_uri="gs://o/r", request_count=fields.pop("request_count", 10),
+                 created_at=fields.pop("created_at", NOW), updated_at=NOW, **fields)
 
 
 @pytest.fixture
@@ -50,8 +61,8 @@ def test_concurrent_creates_of_one_job_create_it_once(repo):
 def test_updates_are_atomic_read_modify_writes(repo):
     repo.create(a_job("job-2"))
 
-    def bump(job: Job) -> None:
-        job.poll_failures += 1
+    def bump(tx) -> None:
+        tx.job.poll_failures += 1
 
     threads = [threading.Thread(target=lambda: repo.update("job-2", bump)) for _ in range(4)]
     for t in threads:
@@ -134,3 +145,128 @@ def test_publish_returns_after_the_broker_has_the_message(stack):
         assert subscription.wait_for(lambda attrs, data: attrs["job_id"] == "j", timeout=30) == {"a": 1}
     finally:
         subscription.close()
+
+
+# -- shards, ledgers and markers ----------------------------------------------------------------------------
+
+
+def with_shards(repo, job_id: str, *shards: Shard) -> None:
+    repo.create(a_job(job_id))
+
+    def add(tx) -> None:
+        for shard in shards:
+            tx.job.allocate_shard()
+            tx.added.append(shard)
+
+    repo.update(job_id, add)
+
+
+def test_a_job_and_its_shards_change_in_one_transaction(repo):
+    with_shards(repo, "job-s", a_shard("job-s", 0), a_shard("job-s", 1))
+    assert repo.get("job-s").open_shards == 2 and [s.index for s in repo.shards("job-s")] == [0, 1]
+
+    def close(tx) -> bool:
+        shard = tx.shards[1]
+        shard.move_to(ShardState.ABANDONED, NOW)
+        return tx.job.close_shard(shard, NOW)
+
+    tx, last = repo.update("job-s", close, shards=[1, 7])
+    assert last is False and tx.shards[7] is None
+    assert repo.get("job-s").counts.failed == 10 and repo.get_shard("job-s", 1).state == ShardState.ABANDONED
+    assert [s.index for s in repo.shards("job-s", states=["STAGED"])] == [0]
+
+    def fails(tx) -> None:
+        tx.shards[0].move_to(ShardState.CREATING, NOW)
+        tx.job.poll_failures = 9
+        raise RuntimeError("abort")
+
+    with pytest.raises(RuntimeError):
+        repo.update("job-s", fails, shards=[0])
+    assert repo.get("job-s").poll_failures == 0 and repo.get_shard("job-s", 0).state == ShardState.STAGED, \
+        "an aborted transaction writes nothing"
+
+
+def test_shard_queries_over_the_collection_group(repo):
+    """Due shards, a ledger's queue (priority, then fair key) with its aggregates, and the shard of a batch."""
+    job = f"job-q-{uuid.uuid4().hex[:6]}"
+    ledger = f"fake~{uuid.uuid4().hex[:6]}"
+    with_shards(repo, job,
+                a_shard(job, 0, ledger=ledger, priority=0, fair_key=5.0, estimated_tokens=100),
+                a_shard(job, 1, ledger=ledger, priority=1, fair_key=9.0, estimated_tokens=200),
+                a_shard(job, 2, ledger=ledger, priority=0, fair_key=1.0, estimated_tokens=300),
+                a_shard(job, 3, ledger=ledger, state=ShardState.PENDING, batch_name=f"batches/{job}",
+                        next_poll_at=NOW - timedelta(seconds=1)))
+    assert [s.index for s in repo.waiting_shards(ledger, 10)] == [1, 2, 0]
+    assert repo.queue_ahead(ledger, 0, 5.0) == (2, 500)
+    assert repo.queue_ahead(ledger, 1, 9.0) == (0, 0)
+    assert [(s.job_id, s.index) for s in repo.due_shards(NOW, 1000) if s.job_id == job] == [(job, 3)]
+    assert repo.shard_of_batch(f"batches/{job}").index == 3 and repo.shard_of_batch("batches/none") is None
+
+
+def test_shard_conditional_writes_and_leases(repo):
+    with_shards(repo, "job-c", a_shard("job-c", 0))
+    first, second = repo.get_shard("job-c", 0), repo.get_shard("job-c", 0)
+    first.priority = 5
+    assert repo.replace_shard_if_unchanged(first)
+    second.priority = 7
+    assert not repo.replace_shard_if_unchanged(second)
+    stored, result = repo.update_shard("job-c", 0, lambda s: setattr(s, "reserved", True) or "done")
+    assert result == "done" and stored.reserved and repo.get_shard("job-c", 0).priority == 5
+
+
+def test_a_corrupt_document_is_a_permanent_error_naming_it(repo):
+    repo.create(a_job("job-bad"))
+    repo._ref("job-bad").update({"state": "SOMEWHERE_ELSE"})
+    with pytest.raises(PermanentError) as caught:
+        repo.get("job-bad")
+    assert caught.value.code == "CORRUPT_DOCUMENT" and "job-bad" in caught.value.message
+    with pytest.raises(PermanentError):  # not retried as contention
+        repo.update("job-bad", lambda tx: None)
+
+
+def test_a_document_over_firestores_size_limit_is_a_permanent_error(repo):
+    repo.create(a_job("job-big"))
+
+    def grow(tx) -> None:
+        tx.job.source.metadata = {}
+        tx.job.input_problems.sample = [{"message": "x" * 600_000}, {"message": "y" * 600_000}]
+
+    with pytest.raises(PermanentError) as caught:
+        repo.update("job-big", grow)
+    assert caught.value.code in ("DOCUMENT_TOO_LARGE", "INVALID_ARGUMENT")
+
+
+def test_ledgers_update_atomically_and_are_listed(ledgers):
+    threads = [threading.Thread(target=lambda i=i: ledgers.update(
+        "gemini~m", lambda l, i=i: l.admit("job", i, 10, 0, float(i), NOW))) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger = ledgers.get("gemini~m")
+    assert ledger.tokens_held == 60 and len(ledger.holds) == 6 and ledgers.list_keys() == ["gemini~m"]
+    _, again = ledgers.update("gemini~m", lambda l: l.admit("job", 0, 10, 0, 0.0, NOW))
+    assert again == Admission.HELD
+
+
+def test_markers_and_batched_existence(repo):
+    assert repo.marker("m") == {}
+    repo.set_marker("m", {"after": "incoming/b"})
+    assert repo.marker("m") == {"after": "incoming/b"}
+    repo.create(a_job("job-e"))
+    assert repo.exist(["job-e", "job-none"]) == {"job-e"}
+
+
+def test_blob_listing_pages_by_name_and_composes(blobs, stack):
+    root = f"gs://{stack.env['OUTPUT_BUCKET']}/list-{uuid.uuid4().hex[:6]}/"
+    for name in ("a", "b", "c", "d"):
+        blobs.write_bytes(root + name, name.encode() * 3, "text/plain")
+    prefix = root[len(f"gs://{stack.env['OUTPUT_BUCKET']}/"):]
+    assert [b.uri[-1] for b in blobs.list(root, limit=2)] == ["a", "b"]
+    assert [b.uri[-1] for b in blobs.list(root, start_after=prefix + "b")] == ["c", "d"]
+    assert all(b.updated is not None for b in blobs.list(root))
+    blobs.compose([root + n for n in "abcd"], root + "all", "text/plain")
+    with blobs.open_read(root + "all") as stream:
+        assert stream.read() == b"aaabbbcccddd"
+    with blobs.open_read(root + "all", offset=6) as stream:
+        assert stream.read() == b"cccddd"

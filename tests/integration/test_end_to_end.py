@@ -31,7 +31,7 @@ def test_a_landed_file_ends_as_unit_vectors_and_one_event(clean_stack, events):
     event = events.event_for(job_id)
 
     assert event["status"] == "SUCCEEDED"
-    assert event["counts"] == {"total": 5, "succeeded": 5, "failed": 0, "input_problems": 0}
+    assert event["counts"] == {"total": 5, "succeeded": 5, "failed": 0, "input_problems": 0, "reused": 0}
     assert event["source"] == {"bucket": env["INPUT_BUCKET"], "name": blob.name, "generation": str(blob.generation)}
     assert event["dimensions"] == 256 and event["model"] == "gemini-embedding-001"
     vectors = read_vectors(event)

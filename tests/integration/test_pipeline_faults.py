@@ -23,8 +23,8 @@ from shared.bootstrap import build_context
 from shared.config import Settings
 from shared.domain.jobs import JobState, SourceObject, job_id_for
 from shared.gemini import GeminiClient
-from shared.services.complete import complete_job
-from shared.services.poll import poll_job
+from shared.services.complete import write_shard
+from shared.services.poll import poll_shard
 from shared.services.submit import SubmitOutcome, submit_object
 from tests.integration.pipeline_helpers import jsonl_records, read_gs, read_vectors, upload
 
@@ -43,15 +43,21 @@ def job_doc(env, job_id: str) -> dict:
     return snapshot.to_dict() or {}
 
 
+def shard_docs(env, job_id: str) -> list[dict]:
+    shards = firestore.Client().collection(env.get("JOBS_COLLECTION", "embedding_jobs")).document(job_id).collection("shards")
+    return [s.to_dict() for s in shards.order_by("index").stream()]
+
+
 def wait_for_state(env, job_id: str, *states: str, timeout: float = 120) -> dict:
     wait_until(lambda: job_doc(env, job_id).get("state") in states, timeout, 0.2, f"job {job_id} in {states}")
     return job_doc(env, job_id)
 
 
-def await_lease_lapsed(env, job_id: str) -> None:
+def await_lease_lapsed(env, job_id: str, shard: int | None = None) -> None:
     """A dead worker's lease lapses on its own (a simulated crash may release it on the way out)."""
     def lapsed() -> bool:
-        until = job_doc(env, job_id)["lease_until"]
+        doc = job_doc(env, job_id) if shard is None else shard_docs(env, job_id)[shard]
+        until = doc["lease_until"]
         return until is None or until.timestamp() < time.time()
 
     wait_until(lapsed, 30, 0.2, "the lease to lapse")
@@ -127,24 +133,25 @@ def test_a_new_generation_of_the_same_name_is_a_new_job(clean_stack, events):
 
 def test_a_crash_after_the_batch_was_created_is_recovered_without_a_second_batch(clean_stack, events):
     env = clean_stack.env
-    config, ctx = manual_context(env, lease_seconds=2)
+    config, ctx = manual_context(env, lease_seconds=40, gemini_timeout_seconds=5)
 
     class DiesAfterCreate(GeminiBatchProvider):
         def create_batch(self, **kwargs):
             super().create_batch(**kwargs)
             raise Crash()
 
-    crashing = type(ctx)(**{**ctx.__dict__, "provider": DiesAfterCreate(ctx.provider.client)})
+    provider = ctx.providers["gemini"]
+    crashing = type(ctx)(**{**ctx.__dict__, "providers": {"gemini": DiesAfterCreate(provider.client)}})
     blob = upload_manual(env, "crash.jsonl", jsonl_records(TEXTS[:4]))
     source = source_of(blob)
     with pytest.raises(Crash):
         submit_object(crashing.for_invocation(), source)
     assert len(emulator_batches(env)) == 1
     job_id = job_id_for(source.bucket, source.name, source.generation)
-    assert job_doc(env, job_id)["shards"][0]["state"] == "CREATING"
-    await_lease_lapsed(env, job_id)  # the dead worker's lease must lapse before another may take over
-    assert submit_object(ctx.for_invocation(), source).outcome == SubmitOutcome.SUBMITTED
-    assert len(emulator_batches(env)) == 1, "the redelivery adopted the batch instead of creating another"
+    assert shard_docs(env, job_id)[0]["state"] == "CREATING"
+    await_lease_lapsed(env, job_id, shard=0)  # the dead worker's lease must lapse before another may take over
+    assert poll_shard(ctx.for_invocation(), next(iter(ctx.jobs.shards(job_id)))) == "recovered"
+    assert len(emulator_batches(env)) == 1, "the worker after it adopted the batch instead of creating another"
     event = events.event_for(job_id)
     assert event["status"] == "SUCCEEDED" and event["counts"]["succeeded"] == 4
 
@@ -158,9 +165,10 @@ def test_items_that_fail_once_are_resubmitted_and_nothing_is_lost(clean_stack, g
     blob = upload(env, "partial/once.jsonl", jsonl_records(TEXTS))
     job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
     event = events.event_for(job_id)
-    assert event["status"] == "SUCCEEDED" and event["counts"] == {"total": 20, "succeeded": 20, "failed": 0, "input_problems": 0}
+    assert event["status"] == "SUCCEEDED" and event["counts"] == {"total": 20, "succeeded": 20, "failed": 0,
+                                                                  "input_problems": 0, "reused": 0}
     assert sorted(read_vectors(event)) == sorted(f"doc-{i}" for i in range(20))
-    shards = job_doc(env, job_id)["shards"]
+    shards = shard_docs(env, job_id)
     assert len(shards) >= 2 and shards[1]["parent"] == 0 and shards[1]["item_attempt"] == 2
 
 
@@ -171,7 +179,7 @@ def test_items_that_always_fail_end_partially_succeeded_with_their_errors(clean_
     blob = upload(env, "partial/always.jsonl", jsonl_records(texts))
     event = events.event_for(job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation))
     assert event["status"] == "PARTIALLY_SUCCEEDED"
-    assert event["counts"] == {"total": 8, "succeeded": 6, "failed": 2, "input_problems": 0}
+    assert event["counts"] == {"total": 8, "succeeded": 6, "failed": 2, "input_problems": 0, "reused": 0}
     assert event["success_rate"] == 75.0 and event["low_success_rate"] is True
     errors = [json.loads(line) for line in read_gs(event["output"]["errors"]).splitlines()]
     assert sorted(e["id"] for e in errors) == ["doc-6", "doc-7"] and {e["attempts"] for e in errors} == {3}
@@ -240,9 +248,9 @@ def test_two_pollers_at_once_hand_a_job_over_once(clean_stack, events):
     with clean_stack.ticker_paused():
         blob = upload(env, "pollers/doc.jsonl", jsonl_records(TEXTS[:3]))
         job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
-        wait_for_state(env, job_id, "RUNNING")
+        wait_until(lambda: [s["state"] for s in shard_docs(env, job_id)] == ["PENDING"], 60, 0.2, "the batch created")
         wait_until(lambda: emulator_batches(env)[0].state.value == "BATCH_STATE_SUCCEEDED", 60, 0.2, "the batch")
-        wait_until(lambda: job_doc(env, job_id)["next_poll_at"].timestamp() <= time.time(), 30, 0.2, "due")
+        wait_until(lambda: shard_docs(env, job_id)[0]["next_poll_at"].timestamp() <= time.time(), 30, 0.2, "due")
         summaries: list[dict] = []
         threads = [threading.Thread(target=lambda: summaries.append(
             httpx.post(env["POLLER_URL"], headers=headers, timeout=120).json())) for _ in range(2)]
@@ -250,9 +258,10 @@ def test_two_pollers_at_once_hand_a_job_over_once(clean_stack, events):
             t.start()
         for t in threads:
             t.join()
-    assert sum(s["handed_to_complete"] for s in summaries) == 1, summaries
-    events.event_for(job_id)
-    assert len(events.drain(2)) == 1
+    assert sum(s["due_shards"] for s in summaries) >= 1, summaries
+    event = events.event_for(job_id)
+    assert event["status"] == "SUCCEEDED" and len(events.drain(2)) == 1
+    assert [s["state"] for s in shard_docs(env, job_id)] == ["WRITTEN"]
 
 
 def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event(clean_stack, events):
@@ -260,15 +269,19 @@ def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event
     topic = f"complete-{uuid.uuid4().hex[:8]}"  # not routed to the complete function: this test delivers
     publisher = pubsub_v1.PublisherClient()
     publisher.create_topic(name=publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], topic))
-    config, ctx = manual_context(env, complete_topic=topic, max_requests_per_batch=4, lease_seconds=2)
+    config, ctx = manual_context(env, complete_topic=topic, max_tokens_per_batch=25, lease_seconds=40,
+                                 gemini_timeout_seconds=5)
     blob = upload_manual(env, "halfway.jsonl", jsonl_records(TEXTS[:10]))
     source = source_of(blob)
     job_id = job_id_for(source.bucket, source.name, source.generation)
     with clean_stack.ticker_paused():
         assert submit_object(ctx.for_invocation(), source).outcome == SubmitOutcome.SUBMITTED
-        assert len(job_doc(env, job_id)["shards"]) == 3
-        wait_until(lambda: all(b.state.value == "BATCH_STATE_SUCCEEDED" for b in emulator_batches(env)), 60, 0.2, "batches")
-        wait_until(lambda: poll_job(ctx.for_invocation(), job_id) == "handed_to_complete", 30, 0.2, "hand-over")
+        count = len(shard_docs(env, job_id))
+        assert count >= 3
+        wait_until(lambda: len(emulator_batches(env)) == count and all(
+            b.state.value == "BATCH_STATE_SUCCEEDED" for b in emulator_batches(env)), 60, 0.2, "batches")
+        for shard in ctx.jobs.shards(job_id):
+            assert poll_shard(ctx.for_invocation(), shard) == "handed_to_complete"
 
         class DiesAfterFourFiles(GcsBlobStore):
             written = 0
@@ -281,13 +294,16 @@ def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event
 
         crashing = type(ctx)(**{**ctx.__dict__, "blobs": DiesAfterFourFiles(storage.Client())})
         with pytest.raises(Crash):
-            complete_job(crashing.for_invocation(), job_id)
-        assert job_doc(env, job_id)["state"] == "COMPLETING"
-        await_lease_lapsed(env, job_id)
-        assert complete_job(ctx.for_invocation(), job_id) == "succeeded"
-        assert complete_job(ctx.for_invocation(), job_id) == "already_ended"
+            for index in range(count):
+                write_shard(crashing.for_invocation(), job_id, index)
+        assert job_doc(env, job_id)["state"] == "RUNNING"
+        crashed = next(s["index"] for s in shard_docs(env, job_id) if s["state"] == "SUCCEEDED")
+        await_lease_lapsed(env, job_id, shard=crashed)
+        outcomes = [write_shard(ctx.for_invocation(), job_id, index) for index in range(count)]
+        assert outcomes.count("written_and_finished") == 1 and outcomes[0] == "already_written"
+        assert {write_shard(ctx.for_invocation(), job_id, index) for index in range(count)} == {"already_written"}
     event = events.event_for(job_id)
-    assert event["status"] == "SUCCEEDED" and len(event["output"]["embeddings"]) == 3
+    assert event["status"] == "SUCCEEDED" and len(event["output"]["embeddings"]) == count
     assert sorted(read_vectors(event)) == sorted(f"doc-{i}" for i in range(10)), "no item lost or doubled"
     manifests = [b.name for b in storage.Client().list_blobs(env["OUTPUT_BUCKET"]) if b.name.endswith("manifest.json")]
     assert len(manifests) == 1

@@ -16,7 +16,7 @@ from embedpipe.events import listen
 from embedpipe.services import Services
 from embedpipe.status_api import cancel
 from shared.domain.jobs import Counts, Job, JobState, SourceObject
-from tests.fakes import FakeJobRepository
+from tests.fakes import FakeJobRepository, FakeLedgerRepository
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -32,7 +32,8 @@ def env_file(tmp_path):
 @pytest.fixture
 def repo(monkeypatch) -> FakeJobRepository:
     fake = FakeJobRepository()
-    monkeypatch.setattr(cli, "Services", lambda config: Services(config, jobs=fake))
+    ledgers = FakeLedgerRepository()
+    monkeypatch.setattr(cli, "Services", lambda config: Services(config, jobs=fake, ledgers=ledgers))
     return fake
 
 

@@ -20,7 +20,6 @@ from shared.domain.jobs import (
     JobOutput,
     JobState,
     Shard,
-    ShardMode,
     ShardState,
     SourceObject,
 )
@@ -49,9 +48,8 @@ def test_age(seconds, shown):
 
 
 def test_jobs_table_has_a_row_per_job_with_progress_counts_and_rate():
-    running = job(counts=Counts(total=20, succeeded=9, failed=1), progress_percentage=50.0, success_rate=90.0)
-    done = job(JobState.SUCCEEDED, "job-2", counts=Counts(total=5, succeeded=5), progress_percentage=100.0,
-               success_rate=100.0)
+    running = job(counts=Counts(total=20, succeeded=9, failed=1))
+    done = job(JobState.SUCCEEDED, "job-2", counts=Counts(total=5, succeeded=5))
     out = text(render.jobs_table([running, done], NOW))
     header, first, second = out.splitlines()[:3]
     assert header.split()[:3] == ["JOB", "STATE", "SOURCE"]
@@ -70,26 +68,34 @@ def test_search_table_ranks_hits_with_their_passage_on_one_line():
 
 
 def test_status_view_shows_every_section():
-    shard = Shard(index=0, mode=ShardMode.FILE, request_count=20, request_bytes=1, requests_uri="gs://o/r",
-                  records_uri="gs://o/s", state=ShardState.ABANDONED, batch_name="batches/b1", batch_attempts=2,
+    from shared.views import _shard_row
+
+    shard = Shard(job_id="job-1", index=0, request_count=20, records_uri="gs://o/s", state=ShardState.ABANDONED,
+                  batch_name="batches/b1", batch_attempts=2, estimated_tokens=1000, created_at=NOW, updated_at=NOW,
                   provider_error=ErrorInfo(code="EXPIRED", message="the provider ended the batch EXPIRED"))
     failed = job(
         JobState.PARTIALLY_SUCCEEDED, counts=Counts(total=20, succeeded=15, failed=5, input_problems=2),
-        progress_percentage=100.0, success_rate=75.0, shards=[shard], completed_at=NOW,
+        completed_at=NOW, first_admitted_at=NOW - timedelta(minutes=2),
         estimate=Estimate(input_tokens=1000, cost_batch_usd=0.000075, cost_interactive_usd=0.00015),
         input_problems=InputProblems(count=2, sample=[{"code": "MISSING_TEXT", "message": "no text", "line": 7}],
                                      uri="gs://o/input-errors.jsonl"),
-        output=JobOutput(prefix="gs://o/p/", manifest="gs://o/p/manifest.json", embeddings=["gs://o/p/e-0.jsonl"],
-                         parquet=["gs://o/p/e-0.parquet"], errors="gs://o/p/errors.jsonl"),
+        output=JobOutput(prefix="gs://o/p/", manifest="gs://o/p/manifest.json", files=1, errors="gs://o/p/errors.jsonl"),
     )
-    out = text(render.status_view(failed, NOW))
+    view = {"progress_percentage": 100.0, "waited_seconds": 60.0,
+            "shards": {"count": 1, "open": 0, "list": [_shard_row(shard)]},
+            "queue": {"position": 3, "tokens_ahead": 250_000, "estimated_start": "2026-01-01T12:05:00+00:00"},
+            "capacity": {"ledger": "gemini~gemini-embedding-001", "tokens_held": 400_000, "effective_limit": 500_000,
+                         "batches_held": 4}}
+    out = text(render.status_view(failed, view, NOW))
     for expected in (
         "PARTIALLY_SUCCEEDED", "gs://in/incoming/faq.jsonl#42", "256 dims", "100.0%",
         "15 succeeded, 5 failed, 0 pending of 20 (2 input problems)", "75.0%",
         "$0.000075 batch vs $0.000150 interactive (1,000 tokens; saves $0.000075)",
         "batches/b1", "ABANDONED", "shard 0: EXPIRED: the provider ended the batch EXPIRED",
         "line 7: MISSING_TEXT: no text", "gs://o/input-errors.jsonl",
-        "gs://o/p/manifest.json", "gs://o/p/e-0.jsonl", "gs://o/p/e-0.parquet", "gs://o/p/errors.jsonl",
+        "position 3, 250,000 tokens ahead, estimated start 2026-01-01T12:05:00+00:00", "60 s for capacity",
+        "400,000 tokens in flight of 500,000 (gemini~gemini-embedding-001), 4 batches",
+        "gs://o/p/manifest.json", "1 embeddings files", "gs://o/p/errors.jsonl",
     ):
         assert expected in out, expected
 
