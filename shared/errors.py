@@ -35,9 +35,14 @@ class TransientError(PipelineError):
 
 class CapacityExhausted(TransientError):
     """A quota of the provider is used up (HTTP 429 RESOURCE_EXHAUSTED at create or upload): wait for
-    capacity to free. Not a failure of the job, and not worth an immediate retry."""
+    capacity to free. Not a failure of the job, and not worth an immediate retry. `retry_after`: the wait
+    the provider asked for, if it named one (a rate limit rather than a full quota)."""
 
     code = "RESOURCE_EXHAUSTED"
+
+    def __init__(self, message: str, *, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class PermanentError(PipelineError):

@@ -14,7 +14,7 @@ from typing import Any
 from shared.domain.jobs import FINAL_SHARD_STATES, SHARD_IN_FLIGHT, Job, ShardState
 from shared.ports import JobRepository, LedgerRepository
 
-__all__ = ["describe_job", "job_view"]
+__all__ = ["describe_job", "job_view", "jobs_view"]
 
 #: A job of at most this many shards lists them all; a larger one lists those not final only.
 LISTED_SHARDS = 200
@@ -28,6 +28,14 @@ def job_view(job: Job, *, in_flight_done: int = 0) -> dict[str, Any]:
     view["success_rate"] = job.success_rate
     view["waited_seconds"] = _waited(job)
     return view
+
+
+def jobs_view(jobs: JobRepository, found: list[Job]) -> list[dict[str, Any]]:
+    """Views of a page of jobs; an active job's progress counts the items its running batches have done
+    (one read per batch in flight: the ledger bounds them)."""
+    in_flight = [s.value for s in SHARD_IN_FLIGHT]
+    return [job_view(job, in_flight_done=sum(s.items_done() for s in jobs.shards(job.job_id, states=in_flight))
+                     if job.active else 0) for job in found]
 
 
 def describe_job(jobs: JobRepository, ledgers: LedgerRepository, job_id: str, now: datetime) -> dict[str, Any] | None:

@@ -26,7 +26,7 @@ from shared.config import get_settings
 from shared.domain.jobs import JobState
 from shared.errors import NotFound
 from shared.services.cancel import cancel_job
-from shared.views import describe_job, job_view
+from shared.views import describe_job, jobs_view
 
 DASHBOARD_PATHS = ("/dashboard",)
 
@@ -53,7 +53,7 @@ def status(request: flask.Request):
         jobs, next_token = ctx.jobs.list(
             state=JobState(state.upper()) if state else None, limit=limit, after=request.args.get("after"),
         )
-        return {"jobs": [job_view(j) for j in jobs], "next": next_token}, 200
+        return {"jobs": jobs_view(ctx.jobs, jobs), "next": next_token}, 200
     if path.startswith("/jobs/"):
         job_id, _, verb = path[len("/jobs/"):].partition(":")
         if verb == "cancel" and request.method == "POST":

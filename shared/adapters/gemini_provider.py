@@ -85,7 +85,7 @@ def _mapped(what: str, *, quota_means_capacity: bool = False) -> Iterator[None]:
         yield
     except RetryableGeminiError as exc:
         if quota_means_capacity and exc.status_code == 429:
-            raise CapacityExhausted(f"{what}: {exc}") from exc
+            raise CapacityExhausted(f"{what}: {exc}", retry_after=exc.retry_after) from exc
         raise TransientError(f"{what}: {exc}", code=exc.status or "UNAVAILABLE") from exc
     except GeminiNotFoundError as exc:
         raise NotFound(f"{what}: {exc}") from exc

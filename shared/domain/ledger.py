@@ -34,8 +34,8 @@ CEILING_SECONDS = 30 * 60
 #: After a refusal, the limit rises at most this often, by this factor, while creates succeed.
 RAISE_SECONDS = 5 * 60
 RAISE_FACTOR = 1.1
-#: The learned limit never falls below this many tokens: one item of the largest input always fits.
-MIN_LIMIT = 8192
+#: The learned limit never falls below this many tokens.
+MIN_LIMIT = 1
 #: After a refusal, nothing more is tried for this long unless capacity frees meanwhile (no hammering).
 HOLD_OFF_SECONDS = 60
 _THROUGHPUT_WEIGHT = 0.3  # exponential moving average of released tokens per second
@@ -72,6 +72,7 @@ class Ledger(BaseModel):
     ceiling_until: datetime | None = None
     raised_at: datetime | None = None
     refused_at: datetime | None = None
+    hold_off_until: datetime | None = None  # a rate limit's Retry-After
     holds: dict[str, Hold] = Field(default_factory=dict)
     virtual_time: float = 0.0
     creates: int = 0
@@ -110,8 +111,9 @@ class Ledger(BaseModel):
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, job_id: str, shard: int, tokens: int, file_bytes: int, fair_key: float,
-              now: datetime) -> Admission:
-        """Reserve capacity for a shard's batch, if it fits now."""
+              now: datetime, *, splittable: bool = True) -> Admission:
+        """Reserve capacity for a shard's batch, if it fits now. A shard over the limit is TOO_LARGE (split
+        it); one that cannot be split (one item) is tried alone, when nothing else is held."""
         key = holder_id(job_id, shard)
         if key in self.holds:
             return Admission.HELD
@@ -119,7 +121,11 @@ class Ledger(BaseModel):
             return Admission.WAIT
         limit = self.effective_limit
         if limit is not None and tokens > limit:
-            return Admission.TOO_LARGE
+            if splittable:
+                return Admission.TOO_LARGE
+            if self.tokens_held:
+                return Admission.WAIT
+            limit = tokens
         fits = (
             (limit is None or self.tokens_held + tokens <= limit)
             and (self.batch_limit is None or self.batches_held < self.batch_limit)
@@ -165,8 +171,19 @@ class Ledger(BaseModel):
         self.ceiling_until = now + timedelta(seconds=CEILING_SECONDS)
         return False
 
+    def rate_limited(self, job_id: str, shard: int, now: datetime, seconds: float) -> None:
+        """A create was refused with a Retry-After: a rate limit, not the cap. Release the shard's hold and
+        ask nothing more until then; the limit stays as it is."""
+        self.holds.pop(holder_id(job_id, shard), None)
+        self.refusals += 1
+        self.hold_off_until = now + timedelta(seconds=seconds)
+        self.updated_at = now
+
     def _holding_off(self, now: datetime) -> bool:
-        """Just refused, and nothing freed since: wait a little before asking again."""
+        """Just refused, and nothing freed since: wait a little before asking again (or as long as a rate
+        limit asked)."""
+        if self.hold_off_until is not None and now < self.hold_off_until:
+            return True
         if self.refused_at is None or (now - self.refused_at).total_seconds() >= HOLD_OFF_SECONDS:
             return False
         return self.last_release_at is None or self.last_release_at <= self.refused_at

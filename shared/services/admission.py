@@ -53,7 +53,7 @@ def admit(ctx: Context, key: str, *, inline: bool) -> int:
         def reserve(ledger: Ledger, shard: Shard = shard) -> Admission:
             configure_ledger(ledger, ctx, capabilities)
             return ledger.admit(shard.job_id, shard.index, shard.estimated_tokens, shard.file_bytes,
-                                shard.fair_key, now)
+                                shard.fair_key, now, splittable=shard.request_count > 1)
 
         _, result = ctx.ledgers.update(key, reserve)
         if result == Admission.WAIT:

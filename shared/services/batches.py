@@ -266,6 +266,10 @@ def _refused(ctx: Context, shard: Shard, exc: CapacityExhausted) -> str:
     shard.move_to(ShardState.STAGED, now)
     shard.next_poll_at = None
     save_shard(ctx, shard, last=True)
+    if exc.retry_after is not None:  # a rate limit says when: wait that long, learn nothing about the cap
+        ctx.ledgers.update(shard.ledger, lambda ledger: ledger.rate_limited(shard.job_id, shard.index, now, exc.retry_after))
+        log.warning("create rate-limited: the shard waits", shard=shard.index, retry_after=exc.retry_after)
+        return "rate_limited"
     _, alone = ctx.ledgers.update(shard.ledger, lambda ledger: ledger.refused(shard.job_id, shard.index, now))
     log.warning("create refused for capacity: the shard waits", shard=shard.index, tokens=shard.estimated_tokens,
                 alone=alone, error=exc.message)

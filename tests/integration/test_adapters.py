@@ -15,7 +15,7 @@ from shared.adapters.gcs_blobs import GcsBlobStore
 from shared.adapters.pubsub_publisher import PubSubPublisher
 from shared.domain.jobs import Job, JobState, Shard, ShardState, SourceObject
 from shared.domain.ledger import Admission
-from shared.errors import NotFound, PermanentError, TransientError
+from shared.errors import NotFound, PermanentError
 from tests.integration.pipeline_helpers import EventSubscription
 
 pytestmark = pytest.mark.integration
@@ -238,14 +238,14 @@ def test_a_document_over_firestores_size_limit_is_a_permanent_error(repo):
 
 def test_ledgers_update_atomically_and_are_listed(ledgers):
     threads = [threading.Thread(target=lambda i=i: ledgers.update(
-        "gemini~m", lambda l, i=i: l.admit("job", i, 10, 0, float(i), NOW))) for i in range(6)]
+        "gemini~m", lambda book, i=i: book.admit("job", i, 10, 0, float(i), NOW))) for i in range(6)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     ledger = ledgers.get("gemini~m")
     assert ledger.tokens_held == 60 and len(ledger.holds) == 6 and ledgers.list_keys() == ["gemini~m"]
-    _, again = ledgers.update("gemini~m", lambda l: l.admit("job", 0, 10, 0, 0.0, NOW))
+    _, again = ledgers.update("gemini~m", lambda book: book.admit("job", 0, 10, 0, 0.0, NOW))
     assert again == Admission.HELD
 
 

@@ -123,11 +123,12 @@ def test_status_shows_counts_cost_shards_and_outputs(env_file, finished):
     assert result.exit_code == 0, result.output
     out = result.stdout
     for expected in ("SUCCEEDED", "256 dims", "20 succeeded, 0 failed, 0 pending of 20", "Success rate   100.0%",
-                     "batch vs", "interactive", "Shards", "WRITTEN", "manifest.json", "embeddings-00000.jsonl",
-                     "embeddings-00000.parquet"):
+                     "batch vs", "interactive", "Shards (1, 0 open)", "WRITTEN", "manifest.json", "1 embeddings files",
+                     "Capacity", "tokens in flight of 500,000 (gemini~gemini-embedding-001)"):
         assert expected in out, expected
     document = json.loads(embedpipe(env_file, "status", finished["faq"].job_id, "--json").stdout)
     assert document["counts"]["succeeded"] == 20 and "lease_owner" not in document
+    assert document["shards"]["by_state"] == {"WRITTEN": 1} and document["capacity"]["tokens_held"] >= 0
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet", ".npy"])

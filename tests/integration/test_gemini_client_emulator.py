@@ -265,31 +265,26 @@ def test_5xx_on_create_is_raised_not_retried(gemini_emulator, gemini: GeminiClie
 
 
 def test_provider_round_trip_through_a_file(gemini: GeminiClient):
+    from shared.domain.options import JobOptions
+    from shared.ports import StagedItem
+
     provider = GeminiBatchProvider(gemini)
     asked_at = datetime.now(UTC)
     tag = f"[{uuid.uuid4().hex[:8]}/s0a1]"
-    lines = [
-        json.dumps(
-            {
-                "key": f"r{i}",
-                "request": {"content": {"parts": [{"text": f"row {i}"}]}, "output_dimensionality": DIMS},
-            }
-        ).encode()
-        + b"\n"
-        for i in range(30)
-    ]
-    file_name = provider.upload_requests(iter(lines), sum(map(len, lines)), f"requests {tag}")
-    created = provider.create_batch(
-        model="gemini-embedding-001", display_name=f"embeddings {tag}", priority=2, file_name=file_name
-    )
-    found = provider.find_batch(tag, asked_at)
-    assert found is not None and found.name == created.name
+    options = JobOptions(output_dimensionality=DIMS, priority=2)
+    items = [StagedItem(key=f"r{i}", text=f"row {i}") for i in range(30)]
+    file_name, size = provider.prepare_input(lambda: iter(items), options, f"requests {tag}")
+    assert size > 0
+    created = provider.create_batch(options=options, input_ref=file_name, display_name=f"embeddings {tag}", tag=tag)
+    assert [b.name for b in provider.find_batches(tag, asked_at)] == [created.name]
     wait(gemini, created.name)
     batch = provider.get_batch(created.name)
     assert (batch.state, batch.total, batch.succeeded, batch.failed) == (ProviderState.SUCCEEDED, 30, 30, 0)
     results = {r.key: r for r in provider.iter_results(created.name)}
     assert set(results) == {f"r{i}" for i in range(30)}
     assert all(r.error is None and len(r.values) == DIMS for r in results.values())
+    provider.delete_input(file_name)
+    assert provider.delete_results(created.name) in (True, False)
     vectors = gemini.batch_embed_contents(
         ["row 7"], model="gemini-embedding-001", task_type="RETRIEVAL_DOCUMENT", output_dimensionality=DIMS
     )

@@ -527,8 +527,10 @@ def test_instances_a_killed_relay_left_behind_are_stopped_with_the_stack(tmp_pat
 
 
 def test_the_gemini_emulator_gets_its_quota_and_webhook_settings(tmp_path):
-    quotas = '{"gemini-embedding-001": {"requests_per_minute": 5}}'
-    webhooks = '{"url": "${GEMINI_API_BASE_URL}/hook"}'
+    quotas = '{"enqueued_tokens": {"models/gemini-embedding-001": 1000}, "concurrent_batches": 5}'
+    secret = "whsec_" + base64.b64encode(b"s" * 32).decode()
+    webhooks = json.dumps([{"uri": "${GEMINI_API_BASE_URL}/hook", "signing_secret": secret,
+                            "subscribed_events": ["batch.succeeded"]}])
     with LocalStack(ROOT, components=["gemini"], state_dir=tmp_path,
                     overrides={"GEMINI_EMULATOR_QUOTAS": quotas, "GEMINI_EMULATOR_WEBHOOKS": webhooks}) as local:
         if "gemini" not in local.parts:
@@ -536,4 +538,5 @@ def test_the_gemini_emulator_gets_its_quota_and_webhook_settings(tmp_path):
         raw = Path(f"/proc/{local.parts['gemini'].pid}/environ").read_bytes()
         environ = dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
     assert environ["GEMINI_EMULATOR_QUOTAS"] == quotas
-    assert json.loads(environ["GEMINI_EMULATOR_WEBHOOKS"]) == {"url": f"{local.env['GEMINI_API_BASE_URL']}/hook"}
+    assert json.loads(environ["GEMINI_EMULATOR_WEBHOOKS"]) == [{
+        "uri": f"{local.env['GEMINI_API_BASE_URL']}/hook", "signing_secret": secret, "subscribed_events": ["batch.succeeded"]}]

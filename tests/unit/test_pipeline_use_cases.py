@@ -637,3 +637,17 @@ def test_leases_and_saves_merge_only_what_changed(ctx):
         save(worker, job)
     stored = ctx.jobs.get(result.job_id)
     assert stored.cancel_requested and stored.poll_failures == 3
+
+
+def test_a_rate_limited_create_waits_as_asked_without_splitting():
+    ctx = make_context(Settings())
+    run = Driver(ctx)
+    ctx.provider.fail_creates(CapacityExhausted("429 with Retry-After", retry_after=30))
+    result = submit_object(ctx.for_invocation(), upload(ctx, "incoming/b.jsonl", jsonl(4)))
+    [shard] = shards(ctx, result.job_id)
+    ledger = ctx.ledgers.get(shard.ledger)
+    assert shard.state == ShardState.STAGED and ledger.splits == 0 and ledger.learned_limit is None
+    run.tick(0.25)
+    assert shards(ctx, result.job_id)[0].state == ShardState.STAGED, "not before the Retry-After"
+    run.tick(0.5)
+    assert shards(ctx, result.job_id)[0].state == ShardState.PENDING
