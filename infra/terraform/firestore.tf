@@ -29,36 +29,59 @@ resource "google_firestore_database" "default" {
 # shard; a collection group), var.ledgers_collection (one document per provider and model).
 
 locals {
-  # Composite indexes. The jobs API lists by state, newest first: where state == X order by created_at desc,
-  # __name__ desc (shared/adapters/firestore_jobs.py). An index's implicit last field (__name__) follows the
-  # direction of the field before it, so (state, created_at desc) serves that query. The unfiltered list
-  # (order by created_at desc, __name__ desc) and the poller's due-jobs query (next_poll_at <= now order by
-  # next_poll_at) are served by the automatic single-field indexes.
+  # Composite indexes, one per query shape of shared/adapters/firestore_jobs.py:
+  # - jobs_by_state: the jobs API lists by state, newest first (where state == X order by created_at desc,
+  #   __name__ desc; the implicit last field follows the direction of the one before it).
+  # - shard_queue: a ledger's queue over every job's shards (collection group): where state == STAGED and
+  #   ledger == L order by priority desc, fair_key, created_at; the same index serves the queue-position
+  #   aggregates (count and sum of estimated_tokens where priority > p, or priority == p and fair_key < f).
+  # - shards_by_state: one job's shards in some states, by index (its subcollection).
+  # The due-jobs query (next_poll_at <= now order by next_poll_at) uses the automatic single-field index; the
+  # collection-group ones are enabled below (collection_group_fields).
   composite_indexes = {
     jobs_by_state = {
       collection  = var.jobs_collection
       query_scope = "COLLECTION"
       fields      = [{ path = "state", order = "ASCENDING" }, { path = "created_at", order = "DESCENDING" }]
     }
+    shard_queue = {
+      collection  = "shards"
+      query_scope = "COLLECTION_GROUP"
+      fields = [
+        { path = "state", order = "ASCENDING" }, { path = "ledger", order = "ASCENDING" },
+        { path = "priority", order = "DESCENDING" }, { path = "fair_key", order = "ASCENDING" },
+        { path = "created_at", order = "ASCENDING" },
+      ]
+    }
+    shards_by_state = {
+      collection  = "shards"
+      query_scope = "COLLECTION"
+      fields      = [{ path = "state", order = "ASCENDING" }, { path = "index", order = "ASCENDING" }]
+    }
+  }
+
+  # Single fields queried over the `shards` collection group (automatic single-field indexes have collection
+  # scope only): due shards (next_poll_at <= now order by next_poll_at) and the shard of a batch a webhook
+  # names (batch_name == X).
+  collection_group_fields = {
+    shards_next_poll_at = { collection = "shards", field = "next_poll_at" }
+    shards_batch_name   = { collection = "shards", field = "batch_name" }
   }
 
   # Fields exempted from the automatic single-field indexes: large maps and arrays that no query filters or
   # orders on. Each indexed map key and array element is an index entry (a document may have at most 40,000,
-  # and every one is written on each update), so indexing them only costs write latency and storage. The
-  # shards moved to a subcollection: their bulky fields are exempted there (the `shards` collection group),
-  # and the job's own `shards` field stays exempted for documents that still carry one.
+  # and every one is written on each update), so indexing them only costs write latency and storage.
   index_exemptions = {
-    jobs_shards         = { collection = var.jobs_collection, field = "shards" }
     jobs_input_problems = { collection = var.jobs_collection, field = "input_problems" }
     jobs_output         = { collection = var.jobs_collection, field = "output" }
     jobs_source_meta    = { collection = var.jobs_collection, field = "source.metadata" }
+    jobs_staging        = { collection = var.jobs_collection, field = "staging" }
     jobs_error          = { collection = var.jobs_collection, field = "error" }
     jobs_last_error     = { collection = var.jobs_collection, field = "last_error" }
     shards_output       = { collection = "shards", field = "output" }
     shards_error        = { collection = "shards", field = "provider_error" }
-    shards_requests_uri = { collection = "shards", field = "requests_uri" }
     shards_records_uri  = { collection = "shards", field = "records_uri" }
-    ledgers_entries     = { collection = var.ledgers_collection, field = "entries" }
+    ledgers_holds       = { collection = var.ledgers_collection, field = "holds" }
   }
 }
 
@@ -91,6 +114,29 @@ resource "google_firestore_field" "not_indexed" {
   field      = each.value.field
 
   index_config {}
+
+  depends_on = [google_firestore_database.default]
+}
+
+# Ascending single-field indexes with collection-group scope (and the automatic ones kept for the collection).
+resource "google_firestore_field" "collection_group" {
+  for_each = local.collection_group_fields
+
+  project    = var.project_id
+  database   = "(default)"
+  collection = each.value.collection
+  field      = each.value.field
+
+  index_config {
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION_GROUP"
+    }
+    indexes {
+      order       = "ASCENDING"
+      query_scope = "COLLECTION"
+    }
+  }
 
   depends_on = [google_firestore_database.default]
 }

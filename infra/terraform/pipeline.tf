@@ -35,16 +35,16 @@ locals {
   function_table = {
     submit = {
       enabled     = true, source = "submit", entry_point = "submit", trigger = "storage", caller = null
-      description = "Input object finalized -> a claimed job, handed to stage"
-      firestore   = true, reads = ["input"], writes = [], publishes = ["stage", "complete"], secrets = []
+      description = "Input object finalized -> a claimed job, staged for up to STAGE_BUDGET_SECONDS, its shards admitted"
+      firestore   = true, reads = ["input"], writes = ["output"], publishes = ["stage", "complete", "poll", "events"], secrets = ["gemini"]
       # A burst of uploads must not be dead-lettered: each 429 counts as a delivery attempt (infra/README.md).
       max_delivery_attempts = 100
-      sizing                = { memory = "512Mi", cpu = "1", timeout_seconds = 120, max_instances = 100, concurrency = 1 }
+      sizing                = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 100, concurrency = 1 }
     }
     stage = {
       enabled               = true, source = "submit", entry_point = "stage", trigger = "stage", caller = null
-      description           = "A claimed job -> staged shards, uploads and Gemini batches"
-      firestore             = true, reads = ["input"], writes = ["output"], publishes = ["stage", "complete"], secrets = ["gemini"]
+      description           = "The rest of a job's staging (or an upload the reconciler found) -> staged shards, admitted"
+      firestore             = true, reads = ["input"], writes = ["output"], publishes = ["stage", "complete", "poll", "events"], secrets = ["gemini"]
       max_delivery_attempts = 100
       sizing                = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 20, concurrency = 1 }
     }
@@ -58,15 +58,15 @@ locals {
     }
     poll_worker = {
       enabled               = true, source = "poller", entry_point = "poll_worker", trigger = "poll", caller = null
-      description           = "One due job -> its batches polled, retried or handed to complete"
-      firestore             = true, reads = [], writes = [], publishes = ["complete", "stage"], secrets = ["gemini"]
+      description           = "Due shards and jobs -> batches polled, retried, created or handed to complete; jobs stopped or announced"
+      firestore             = true, reads = [], writes = ["output"], publishes = ["complete", "stage", "poll", "events"], secrets = ["gemini"]
       max_delivery_attempts = 100
       sizing                = { memory = "512Mi", cpu = "1", timeout_seconds = 300, max_instances = 20, concurrency = 1 }
     }
     complete = {
       enabled               = true, source = "complete", entry_point = "complete", trigger = "complete", caller = null
       description           = "Finished batches -> normalised embeddings, manifest, follow-ups and one completion event"
-      firestore             = true, reads = [], writes = ["output"], publishes = ["complete", "events"], secrets = ["gemini"]
+      firestore             = true, reads = [], writes = ["output"], publishes = ["complete", "poll", "events"], secrets = ["gemini"]
       max_delivery_attempts = 100
       sizing                = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 10, concurrency = 1 }
     }

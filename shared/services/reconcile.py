@@ -47,13 +47,8 @@ def reconcile_ledger(ctx: Context, key: str) -> int:
     now = ctx.clock()
     stale = now - timedelta(seconds=ctx.settings.lease_seconds)
     suspects = [h for h in ledger.holds.values() if h.since <= stale and h.expires_at is None][:_CHECKS_PER_TICK]
-    verdicts = {}
-    for hold in suspects:
-        shard = ctx.jobs.get_shard(hold.job_id, hold.shard)
-        verdict = _verdict(hold, shard)
-        if verdict == "files_expire" and _results_deleted(ctx, shard):
-            verdict = "release"  # the cleanup a worker died before doing
-        verdicts[(hold.job_id, hold.shard)] = verdict
+    # The tick holds no provider credential: a written shard's results are counted until they expire.
+    verdicts = {(h.job_id, h.shard): _verdict(h, ctx.jobs.get_shard(h.job_id, h.shard)) for h in suspects}
     expiring = any(h.expires_at is not None and h.expires_at <= now for h in ledger.holds.values())
     if not expiring and not any(v != "keep" for v in verdicts.values()):
         return 0
@@ -74,16 +69,6 @@ def reconcile_ledger(ctx: Context, key: str) -> int:
     if fixed:
         log.warning("reclaimed capacity held by nobody", ledger=key, holds=fixed)
     return fixed
-
-
-def _results_deleted(ctx: Context, shard: Shard) -> bool:
-    from shared.services.batches import provider_of
-
-    try:
-        return shard.batch_name is None or provider_of(ctx, shard).delete_results(shard.batch_name)
-    except Exception:  # noqa: BLE001 - kept until they expire, then
-        log.warning("could not delete batch results", shard=shard.index, exc_info=True)
-        return False
 
 
 def _verdict(hold: Hold, shard: Shard | None) -> str:

@@ -26,16 +26,20 @@ FIRESTORE, PUBLISHER, ACCESSOR = "roles/datastore.user", "roles/pubsub.publisher
 
 # What each function needs, and nothing more: (role, resource) pairs. The reasons are in infra/README.md.
 EXPECTED = {
-    "submit": {(FIRESTORE, "project"), (VIEWER, "bucket:input"),
-               (PUBLISHER, "topic:stage"), (PUBLISHER, "topic:complete")},
-    "stage": {(FIRESTORE, "project"), (VIEWER, "bucket:input"), (USER, "bucket:output"),
-              (PUBLISHER, "topic:stage"), (PUBLISHER, "topic:complete"), (ACCESSOR, "secret:gemini")},
+    # submit and stage run one use case (staging, then admission and creates): the same needs.
+    "submit": {(FIRESTORE, "project"), (VIEWER, "bucket:input"), (USER, "bucket:output"), (PUBLISHER, "topic:stage"),
+               (PUBLISHER, "topic:complete"), (PUBLISHER, "topic:poll"), (PUBLISHER, "topic:events"),
+               (ACCESSOR, "secret:gemini")},
+    "stage": {(FIRESTORE, "project"), (VIEWER, "bucket:input"), (USER, "bucket:output"), (PUBLISHER, "topic:stage"),
+              (PUBLISHER, "topic:complete"), (PUBLISHER, "topic:poll"), (PUBLISHER, "topic:events"),
+              (ACCESSOR, "secret:gemini")},
     "poller": {(FIRESTORE, "project"), (VIEWER, "bucket:input"),  # the reconciler lists the input bucket
                (PUBLISHER, "topic:poll"), (PUBLISHER, "topic:stage")},
-    "poll_worker": {(FIRESTORE, "project"), (PUBLISHER, "topic:complete"), (PUBLISHER, "topic:stage"),
+    "poll_worker": {(FIRESTORE, "project"), (USER, "bucket:output"), (PUBLISHER, "topic:complete"),
+                    (PUBLISHER, "topic:stage"), (PUBLISHER, "topic:poll"), (PUBLISHER, "topic:events"),
                     (ACCESSOR, "secret:gemini")},
     "complete": {(FIRESTORE, "project"), (USER, "bucket:output"), (PUBLISHER, "topic:complete"),
-                 (PUBLISHER, "topic:events"), (ACCESSOR, "secret:gemini")},
+                 (PUBLISHER, "topic:poll"), (PUBLISHER, "topic:events"), (ACCESSOR, "secret:gemini")},
     "status": {(FIRESTORE, "project"), (USER, "bucket:output"), (PUBLISHER, "topic:events"),
                (ACCESSOR, "secret:gemini")},
     "webhook": {(PUBLISHER, "topic:poll"), (ACCESSOR, "secret:webhook")},

@@ -238,7 +238,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.run(lambda: tick(self.ctx.for_invocation()))
         for key in self.ctx.ledgers.list_keys():
             book = self.ctx.ledgers.get(key)
-            assert not book.holds, f"capacity leaked: {book.holds}"
+            leaked = {k: h for k, h in book.holds.items() if h.expires_at is None}  # kept results expire
+            assert not leaked, f"capacity leaked: {leaked}"
         refused = self.ctx.provider.refusals
         elapsed = (self.clock.now - NOW).total_seconds()
         assert refused <= 3 + elapsed / CEILING_SECONDS, (refused, elapsed, "refused creates stay few: no hammering")
