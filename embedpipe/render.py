@@ -85,13 +85,24 @@ def jobs_table(jobs: Iterable[Job], now: datetime | None = None) -> Table:
     table.add_column("OK/FAILED/TOTAL", justify="right", no_wrap=True)
     table.add_column("SUCCESS", justify="right", no_wrap=True)
     table.add_column("AGE", justify="right", no_wrap=True)
+    table.add_column("CAPACITY", justify="right", no_wrap=True)
     for job in jobs:
         counts = job.counts
         table.add_row(
             job.job_id, state_text(job.state), job.source.name, percent(job.progress()),
             f"{counts.succeeded}/{counts.failed}/{counts.total}", percent(job.success_rate), age(job.created_at, now),
+            _capacity(job, now),
         )
     return table
+
+
+def _capacity(job: Job, now: datetime) -> Text:
+    """How long the job waited for capacity, or that it still waits."""
+    if job.first_admitted_at is not None:
+        return Text(f"waited {age(job.created_at, job.first_admitted_at)}")
+    if job.active and job.counts.total:
+        return Text(f"waiting {age(job.created_at, now)}", style="yellow")
+    return Text("-")
 
 
 def search_table(hits: Iterable[Hit]) -> Table:

@@ -231,7 +231,7 @@ def to_provider_batch(batch: EmbeddingBatch) -> ProviderBatch:
 
 def to_item_result(result: BatchItemResult) -> ItemResult:
     if result.ok:
-        return ItemResult(key=result.key, values=result.values)
+        return ItemResult(key=result.key, values=result.values, tokens=result.token_count)
     return ItemResult(
         key=result.key, error=_error_info(result.error) or ErrorInfo(code="UNKNOWN", message="no result")
     )

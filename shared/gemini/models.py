@@ -256,6 +256,7 @@ class BatchItemResult:
     key: str
     values: list[float] | None = None
     error: Status | None = None
+    token_count: int | None = None  # where the response reports it (`tokenCount`; not documented for Batch Mode)
 
     @property
     def ok(self) -> bool:
@@ -298,7 +299,9 @@ def parse_result(obj: Mapping[str, Any], position: int) -> BatchItemResult:
             None,
             Status(code=13, status="INTERNAL", message="result carries neither an embedding nor an error"),
         )
-    return BatchItemResult(key, values, None)  # JSON numbers as parsed: converting costs as much as parsing
+    tokens = response.get("tokenCount", response.get("token_count"))
+    count = int(tokens) if isinstance(tokens, int | str) and str(tokens).isdigit() else None
+    return BatchItemResult(key, values, None, count)  # JSON numbers as parsed: converting costs as much as parsing
 
 
 # -- the batch --------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Faster than the defaults, so tests wait less; still real retries and real ticks.
 TEST_OVERRIDES = {
     "POLLER_TICK_SECONDS": "1",
+    "RECONCILE_GRACE_MINUTES": "0.25",  # an upload whose event was lost is found after 15 s, not 10 minutes
     "RELAY_MIN_BACKOFF_SECONDS": "0.2",
     "RELAY_MAX_BACKOFF_SECONDS": "5",
 }

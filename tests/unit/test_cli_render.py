@@ -53,7 +53,8 @@ def test_jobs_table_has_a_row_per_job_with_progress_counts_and_rate():
     out = text(render.jobs_table([running, done], NOW))
     header, first, second = out.splitlines()[:3]
     assert header.split()[:3] == ["JOB", "STATE", "SOURCE"]
-    assert first.split() == ["job-1", "RUNNING", "incoming/faq.jsonl", "50.0%", "9/1/20", "90.0%", "3m00s"]
+    assert first.split() == ["job-1", "RUNNING", "incoming/faq.jsonl", "50.0%", "9/1/20", "90.0%", "3m00s",
+                             "waiting", "3m00s"]
     assert second.split()[:2] == ["job-2", "SUCCEEDED"] and "5/0/5" in second
 
 

@@ -230,3 +230,12 @@ def test_interactive_embeddings_go_in_calls_of_100(client: GeminiClient, fake: F
     calls = fake.requests_to(":batchEmbedContents")
     assert len(calls) == 2
     assert json.loads(calls[0].content)["requests"][0]["outputDimensionality"] == 768
+
+
+def test_token_counts_a_response_reports_are_kept(provider: GeminiBatchProvider, fake: FakeGemini):
+    from shared.adapters.gemini_provider import to_item_result
+    from shared.gemini.models import parse_result
+
+    line = {"key": "k0", "response": {"embedding": {"values": [0.5, 0.5]}, "tokenCount": "7"}}
+    assert to_item_result(parse_result(line, 0)).tokens == 7
+    assert to_item_result(parse_result({"key": "k1", "response": {"embedding": {"values": [1.0]}}}, 1)).tokens is None
