@@ -25,6 +25,7 @@ __all__ = [
     "BatchProvider",
     "BlobInfo",
     "BlobStore",
+    "EmbeddingCache",
     "ItemResult",
     "JobRepository",
     "JobTx",
@@ -159,6 +160,22 @@ class LedgerRepository(abc.ABC):
     @abc.abstractmethod
     def list_keys(self) -> list[str]:
         """Every ledger's key (one per provider and model used)."""
+
+
+# -- the embeddings cache -------------------------------------------------------------------------------
+
+
+class EmbeddingCache(abc.ABC):
+    """Embeddings by content: a key of everything that determines a vector (provider, model, task type,
+    dimensions, title, text) -> that vector, L2-normalised, as float32 bytes. Entries expire on their own."""
+
+    @abc.abstractmethod
+    def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        """The vectors of the keys found (read in batches)."""
+
+    @abc.abstractmethod
+    def put_many(self, entries: dict[str, bytes]) -> None:
+        """Store vectors by key (in batches); each entry is written whole or not at all."""
 
 
 # -- objects --------------------------------------------------------------------------------------------

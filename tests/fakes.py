@@ -34,6 +34,7 @@ from shared.ports import (
     BatchProvider,
     BlobInfo,
     BlobStore,
+    EmbeddingCache,
     ItemResult,
     JobRepository,
     JobTx,
@@ -274,6 +275,21 @@ def firestore_size(value: Any, *, name: str = "") -> int:
         return 8
 
     return size(value) + len(name.encode()) + 1 + 32
+
+
+class FakeEmbeddingCache(EmbeddingCache):
+    def __init__(self):
+        self.entries: dict[str, bytes] = {}
+        self.reads = 0
+        self.writes = 0
+
+    def get_many(self, keys: list[str]) -> dict[str, bytes]:
+        self.reads += len(keys)
+        return {key: self.entries[key] for key in keys if key in self.entries}
+
+    def put_many(self, entries: dict[str, bytes]) -> None:
+        self.writes += len(entries)
+        self.entries.update(entries)
 
 
 class FakeLedgerRepository(LedgerRepository):

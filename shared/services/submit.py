@@ -26,7 +26,7 @@ from shared.services import messages
 from shared.services.admission import admit, configure_ledger
 from shared.services.cancel import cancel_held, stop_shards
 from shared.services.context import Context
-from shared.services.finish import end_job, publish_completion
+from shared.services.finish import end_job, finalize, publish_completion
 from shared.services.leasing import leased, save
 from shared.services.staging import stage_input
 
@@ -83,39 +83,48 @@ def submit_object(ctx: Context, source: SourceObject) -> SubmitResult:
 
 
 def resume_submission(ctx: Context, job_id: str) -> SubmitResult:
-    """Carry a SUBMITTING job's staging as far as this invocation may. Used by submit and stage."""
+    """Carry a SUBMITTING job's staging as far as this invocation may, then admit what is staged (whatever is
+    left to read). Used by submit and stage."""
     with leased(ctx, job_id) as job:
-        if job.terminal:
-            publish_completion(ctx, job)
-            return SubmitResult(SubmitOutcome.ALREADY_DONE, job_id, reason=job.state.value)
-        if job.state != JobState.SUBMITTING:
-            return SubmitResult(SubmitOutcome.ALREADY_DONE, job_id, reason=job.state.value)
-        if job.cancel_requested:
-            cancel_held(ctx, job)
-            return SubmitResult(SubmitOutcome.FAILED, job_id, reason="cancelled")
-        failure = _options(ctx, job)
+        settled = _settled(ctx, job)
+        if settled is not None:
+            return settled
+        done, failure = True, _options(ctx, job)
         if failure is None:
-            if not job.staging.done:
-                done, failure = _stage(ctx, job)
-                if not done and failure is None:
-                    job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.submit_stale_minutes)
-                    save(ctx, job, last=True)
-                    messages.stage_job(ctx, job_id)
-                    return SubmitResult(SubmitOutcome.CONTINUED, job_id)
-            else:
-                failure = _check(job)
+            done, failure = _stage(ctx, job) if not job.staging.done else (True, _check(job))
         if failure is not None:
             stop_shards(ctx, job, failure)
             save(ctx, job)
             end_job(ctx, job, JobState.FAILED, error=failure)
             log.warning(f"job failed: {failure.message}", code=failure.code)
             return SubmitResult(SubmitOutcome.FAILED, job_id, reason=failure.message)
-        _open_to_queue(ctx, job)
+        if not done:  # the time budget ran out: the next invocation reads on from the checkpoint
+            job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.submit_stale_minutes)
+            save(ctx, job, last=True)
+            messages.stage_job(ctx, job_id)
+        else:
+            _open_to_queue(ctx, job)
+            if job.state == JobState.COMPLETING:  # every shard ended before staging did: ours to finish
+                finalize(ctx, job)
+                return SubmitResult(SubmitOutcome.SUBMITTED, job_id)
+            log.info("job staged", shards=job.shard_count, records=job.counts.total,
+                     input_tokens=job.estimate.input_tokens, cost_batch_usd=job.estimate.cost_batch_usd)
         ledger = job.ledger
-        log.info("job staged", shards=job.shard_count, records=job.counts.total,
-                 input_tokens=job.estimate.input_tokens, cost_batch_usd=job.estimate.cost_batch_usd)
     admit(ctx, ledger, inline=True)
-    return SubmitResult(SubmitOutcome.SUBMITTED, job_id)
+    return SubmitResult(SubmitOutcome.SUBMITTED if done else SubmitOutcome.CONTINUED, job_id)
+
+
+def _settled(ctx: Context, job: Job) -> SubmitResult | None:
+    """What a delivery for a job past staging (or cancelled) amounts to, or None when it has staging to do."""
+    if job.terminal:
+        publish_completion(ctx, job)
+        return SubmitResult(SubmitOutcome.ALREADY_DONE, job.job_id, reason=job.state.value)
+    if job.state != JobState.SUBMITTING:
+        return SubmitResult(SubmitOutcome.ALREADY_DONE, job.job_id, reason=job.state.value)
+    if job.cancel_requested:
+        cancel_held(ctx, job)
+        return SubmitResult(SubmitOutcome.FAILED, job.job_id, reason="cancelled")
+    return None
 
 
 def _options(ctx: Context, job: Job) -> ErrorInfo | None:

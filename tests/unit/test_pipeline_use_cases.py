@@ -651,3 +651,37 @@ def test_a_rate_limited_create_waits_as_asked_without_splitting():
     assert shards(ctx, result.job_id)[0].state == ShardState.STAGED, "not before the Retry-After"
     run.tick(0.5)
     assert shards(ctx, result.job_id)[0].state == ShardState.PENDING
+
+
+def test_shards_that_end_before_staging_does_leave_the_job_to_the_stager_to_finish():
+    """Each shard's batch ends and is written before the next part of the input is staged: the last
+    checkpoint finds nothing open, so the stager itself finishes the job (no wait for the poller)."""
+    from shared.services.complete import complete_message
+    from shared.services.poll import poll_shard, poll_work
+    from shared.services.submit import resume_submission
+
+    ctx = make_context(Settings(max_tokens_per_batch=10, stage_budget_seconds=0))
+    first = submit_object(ctx.for_invocation(), upload(ctx, "incoming/a.jsonl", jsonl(4)))
+    assert first.outcome == SubmitOutcome.CONTINUED
+    seen, stage = 0, None
+    for _ in range(30):
+        for topic, data, _ in ctx.publisher.messages[seen:]:
+            payload = orjson.loads(data)
+            if topic == ctx.settings.poll_topic:
+                poll_work(ctx.for_invocation(), payload)
+            elif topic == ctx.settings.complete_topic:
+                complete_message(ctx.for_invocation(), payload["job_id"], payload.get("shard"))
+            elif topic == ctx.settings.stage_topic:
+                stage = payload
+        seen = len(ctx.publisher.messages)
+        ctx.provider.finish_all()
+        for shard in shards(ctx, first.job_id):
+            if shard.state == ShardState.PENDING:
+                poll_shard(ctx.for_invocation(), shard)
+        if ctx.jobs.get(first.job_id).open_shards == 0 and stage is not None:
+            resume_submission(ctx.for_invocation(), stage["job_id"])  # only now the next part is staged
+            stage = None
+        if ctx.jobs.get(first.job_id).terminal:
+            break
+    job = ctx.jobs.get(first.job_id)
+    assert job.state == JobState.SUCCEEDED and job.counts.succeeded == 4 and len(ctx.publisher.on(EVENTS)) == 1
