@@ -408,7 +408,9 @@ def test_settings_are_local_and_overridable(tmp_path):
     assert json.loads(gemini_env["GEMINI_EMULATOR_WEBHOOKS"]) == {
         "url": f"{local.url('webhook')}batches", "other": "$HOME ${NOT_A_SETTING}"}, "settings filled in, nothing else"
     assert env["GEMINI_EMULATOR_WEBHOOKS"] == webhooks, "the env file keeps what was given"
-    assert "GEMINI_EMULATOR_QUOTAS" not in LocalStack(local.root).spec("gemini", Tools())[2], "unset: not passed"
+    default = json.loads(LocalStack(local.root).spec("gemini", Tools())[2]["GEMINI_EMULATOR_QUOTAS"])
+    assert default == {"enqueued_tokens": 500_000, "concurrent_batches": 100, "file_storage_bytes": 20 * 1024 ** 3,
+                       "file_bytes": 2 * 1024 ** 3}, "unset: Tier 1's limits, as a new project has"
 
 
 def test_the_relay_config_is_private(tmp_path):
