@@ -16,11 +16,20 @@ locals {
     events   = { setting = "EVENTS_TOPIC", retention = "604800s", why = "public: one completion event per job (a new consumer can seek back a week)" }
   }
 
+  # The embedding provider (var.embedding_provider; vertex.tf, infra/README.md "Vertex AI"). gemini: an API key
+  # from Secret Manager. vertex: each function calls Vertex AI as its own identity (no key), and batch inputs
+  # and outputs live in the output bucket under vertex_prefix, inside the staging lifecycle rule (storage.tf).
+  vertex           = var.embedding_provider == "vertex"
+  provider_secrets = local.vertex ? [] : ["gemini"]
+  vertex_prefix    = "${var.output_prefix}_staging/_vertex/"
+
   # Secrets: Terraform creates the container and the readers; the value is added out of band (infra/README.md).
-  secrets = {
-    gemini  = { setting = "GEMINI_API_KEY", secret_id = var.gemini_secret_id, version = var.gemini_secret_version }
+  # No API key under Vertex AI: nothing to create, nothing to read.
+  secrets = merge(local.vertex ? {} : {
+    gemini = { setting = "GEMINI_API_KEY", secret_id = var.gemini_secret_id, version = var.gemini_secret_version }
+    }, {
     webhook = { setting = "WEBHOOK_SIGNING_SECRET", secret_id = var.webhook_secret_id, version = var.webhook_secret_version }
-  }
+  })
 
   # One entry per function.
   #   source, entry_point  functions/<source>/main.py and the decorated function in it (one zip per source)
@@ -36,7 +45,7 @@ locals {
     submit = {
       enabled     = true, source = "submit", entry_point = "submit", trigger = "storage", caller = null
       description = "Input object finalized -> a claimed job, staged for up to STAGE_BUDGET_SECONDS, its shards admitted"
-      firestore   = true, reads = ["input"], writes = ["output"], publishes = ["stage", "complete", "poll", "events"], secrets = ["gemini"]
+      firestore   = true, reads = ["input"], writes = ["output"], publishes = ["stage", "complete", "poll", "events"], secrets = local.provider_secrets
       # A burst of uploads must not be dead-lettered: each 429 counts as a delivery attempt (infra/README.md).
       max_delivery_attempts = 100
       sizing                = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 100, concurrency = 1 }
@@ -44,7 +53,7 @@ locals {
     stage = {
       enabled               = true, source = "submit", entry_point = "stage", trigger = "stage", caller = null
       description           = "The rest of a job's staging (or an upload the reconciler found) -> staged shards, admitted"
-      firestore             = true, reads = ["input"], writes = ["output"], publishes = ["stage", "complete", "poll", "events"], secrets = ["gemini"]
+      firestore             = true, reads = ["input"], writes = ["output"], publishes = ["stage", "complete", "poll", "events"], secrets = local.provider_secrets
       max_delivery_attempts = 100
       sizing                = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 20, concurrency = 1 }
     }
@@ -59,28 +68,28 @@ locals {
     poll_worker = {
       enabled               = true, source = "poller", entry_point = "poll_worker", trigger = "poll", caller = null
       description           = "Due shards and jobs -> batches polled, retried, created or handed to complete; jobs stopped or announced"
-      firestore             = true, reads = [], writes = ["output"], publishes = ["complete", "stage", "poll", "events"], secrets = ["gemini"]
+      firestore             = true, reads = [], writes = ["output"], publishes = ["complete", "stage", "poll", "events"], secrets = local.provider_secrets
       max_delivery_attempts = 100
       sizing                = { memory = "512Mi", cpu = "1", timeout_seconds = 300, max_instances = 20, concurrency = 1 }
     }
     complete = {
       enabled               = true, source = "complete", entry_point = "complete", trigger = "complete", caller = null
       description           = "Finished batches -> normalised embeddings, manifest, follow-ups and one completion event"
-      firestore             = true, reads = [], writes = ["output"], publishes = ["complete", "poll", "events"], secrets = ["gemini"]
+      firestore             = true, reads = [], writes = ["output"], publishes = ["complete", "poll", "events"], secrets = local.provider_secrets
       max_delivery_attempts = 100
       sizing                = { memory = "1Gi", cpu = "1", timeout_seconds = 540, max_instances = 10, concurrency = 1 }
     }
     status = {
       enabled               = true, source = "status", entry_point = "status", trigger = null, caller = "operators"
       description           = "Jobs API: list, get, cancel; the dashboard page"
-      firestore             = true, reads = [], writes = ["output"], publishes = ["events"], secrets = ["gemini"]
+      firestore             = true, reads = [], writes = ["output"], publishes = ["events"], secrets = local.provider_secrets
       max_delivery_attempts = null
       sizing                = { memory = "512Mi", cpu = "1", timeout_seconds = 60, max_instances = 3, concurrency = 8 }
     }
     webhook = {
       # Public by necessity: the Gemini API calls it and carries no Google identity. It verifies the Standard
       # Webhooks signature with the signing secret and only asks for an early poll (the poller stays the fallback).
-      enabled               = var.enable_webhook, source = "webhook", entry_point = "webhook", trigger = null, caller = "public"
+      enabled               = var.enable_webhook && !local.vertex, source = "webhook", entry_point = "webhook", trigger = null, caller = "public"
       description           = "Gemini batch webhook (signed) -> an early poll of that batch's job"
       firestore             = false, reads = [], writes = [], publishes = ["poll"], secrets = ["webhook"]
       max_delivery_attempts = null
@@ -118,6 +127,7 @@ locals {
   # roles are Google's documented set for a custom build service account (Artifact Registry: functions.tf).
   project_grants = merge(
     { for name, fn in local.functions : "${name}_firestore" => { sa = name, role = "roles/datastore.user" } if fn.firestore },
+    { for name in local.vertex_callers : "${name}_vertex" => { sa = name, role = "roles/aiplatform.user" } if local.vertex },
     { for name, fn in local.event_functions : "${name}_trigger_receiver" => { sa = "${name}_trigger", role = "roles/eventarc.eventReceiver" } if fn.trigger == "storage" },
     {
       build_logs    = { sa = "build", role = "roles/logging.logWriter" }
@@ -131,6 +141,17 @@ locals {
     { for pair in flatten([for name, fn in local.functions : [for bucket in fn.writes : { key = "${name}_writes_${bucket}", sa = name, bucket = bucket, role = local.bucket_roles.writes }]]) : pair.key => pair },
     { build_reads_sources = { sa = "build", bucket = "sources", role = local.bucket_roles.reads } },
   )
+
+  # Vertex AI: the functions that call the provider (submit and stage create jobs after staging; poll_worker
+  # polls, creates, retries and cancels; complete reads and deletes results; status cancels and embeds queries;
+  # the poller's tick calls no provider). roles/aiplatform.user is project-wide: Vertex AI has no narrower
+  # resource for batch jobs. Those without bucket-level access to the output bucket would get it under
+  # vertex_prefix only (vertex.tf: an IAM condition), to write and delete batch inputs and delete outputs.
+  vertex_callers = ["submit", "stage", "poll_worker", "complete", "status"]
+  vertex_prefix_grants = {
+    for name in local.vertex_callers : "${name}_vertex_prefix" => { sa = name, bucket = "output", role = local.bucket_roles.writes }
+    if local.vertex && !contains(local.function_table[name].writes, "output")
+  }
 
   topic_publishers = {
     for pair in flatten([for name, fn in local.functions : [for topic in fn.publishes : { key = "${name}_${topic}", sa = name, topic = topic }]]) :

@@ -261,6 +261,30 @@ variable "gemini_secret_version" {
   default     = "latest"
 }
 
+# -- the embedding provider ----------------------------------------------------------------------------
+
+variable "embedding_provider" {
+  description = "Which service embeds (PROVIDER): \"gemini\", the Gemini API's Batch Mode with an API key from Secret Manager, or \"vertex\", Vertex AI batch prediction called with the functions' own service accounts (no API key; vertex.tf, infra/README.md \"Vertex AI\"). Named so because Terraform reserves `provider`."
+  type        = string
+  default     = "gemini"
+
+  validation {
+    condition     = contains(["gemini", "vertex"], var.embedding_provider)
+    error_message = "embedding_provider: \"gemini\" or \"vertex\"."
+  }
+}
+
+variable "vertex_location" {
+  description = "Vertex AI location of gemini-embedding-001's batch jobs (VERTEX_LOCATION): one of the regions that serve it in batch. Default: var.region. gemini-embedding-2 runs in that region's multi-region (eu, us) unless extra_env sets VERTEX_MODEL_LOCATIONS."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.vertex_location == null || contains(["us-central1", "us-east1", "us-east4", "us-west1", "us-west4", "europe-west1", "europe-west4"], coalesce(var.vertex_location, "-"))
+    error_message = "vertex_location: a region serving gemini-embedding-001 in batch: us-central1, us-east1, us-east4, us-west1, us-west4, europe-west1 or europe-west4."
+  }
+}
+
 # -- the Gemini webhook (push instead of waiting for the next poll) ------------------------------------
 
 variable "enable_webhook" {

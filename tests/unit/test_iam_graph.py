@@ -55,7 +55,7 @@ def _terraform() -> str:
 
 
 @cache
-def evaluate(enable_webhook: bool = True) -> dict:
+def evaluate(enable_webhook: bool = True, embedding_provider: str = "gemini") -> dict:
     """The pipeline's locals as Terraform computes them from pipeline.tf and variables.tf alone."""
     import tempfile
 
@@ -67,9 +67,11 @@ def evaluate(enable_webhook: bool = True) -> dict:
                       "project_grants = local.project_grants, bucket_grants = local.bucket_grants, "
                       "topic_publishers = local.topic_publishers, secret_readers = local.secret_readers, "
                       "invokers = local.invokers, public = local.public_functions, topics = local.topics, "
-                      "secrets = local.secrets, dead_letters = local.dead_letters, sizing = local.sizing})")
+                      "secrets = local.secrets, dead_letters = local.dead_letters, sizing = local.sizing, "
+                      "vertex_prefix_grants = local.vertex_prefix_grants})")
         result = subprocess.run(
-            [_terraform(), "console", "-no-color", "-var", "project_id=p", "-var", f"enable_webhook={str(enable_webhook).lower()}"],
+            [_terraform(), "console", "-no-color", "-var", "project_id=p", "-var", f"enable_webhook={str(enable_webhook).lower()}",
+             "-var", f"embedding_provider={embedding_provider}"],
             input=expression, capture_output=True, text=True, cwd=work, timeout=120,
             env={**os.environ, "TF_CLI_CONFIG_FILE": os.devnull, "TF_IN_AUTOMATION": "1"},
         )
@@ -90,6 +92,8 @@ def grants_of(graph: dict) -> dict[str, set[tuple[str, str]]]:
         grants[grant["sa"]].add((ACCESSOR, f"secret:{grant['secret']}"))
     for grant in graph["invokers"].values():
         grants[grant["sa"]].add(("roles/run.invoker", f"function:{grant['function']}"))
+    for grant in graph.get("vertex_prefix_grants", {}).values():  # vertex.tf: conditioned on the Vertex prefix
+        grants[grant["sa"]].add((grant["role"], f"bucket:{grant['bucket']}/vertex-prefix"))
     return grants
 
 
@@ -152,6 +156,39 @@ def test_every_event_function_has_a_dead_letter_path_that_survives_a_burst():
     assert graph["sizing"]["submit"]["max_instances"] >= 100
 
 
+# Under Vertex AI: no API key anywhere, roles/aiplatform.user for the provider's callers, and the Vertex prefix
+# of the output bucket for those without bucket-level access to it (none today: every caller writes the output
+# bucket already). The poller's tick calls no provider. No webhook: Vertex AI has no batch webhooks.
+AIPLATFORM = ("roles/aiplatform.user", "project")
+EXPECTED_VERTEX = {
+    name: {grant for grant in grants if grant[0] != ACCESSOR} | (
+        {AIPLATFORM} if name in ("submit", "stage", "poll_worker", "complete", "status") else set())
+    for name, grants in EXPECTED.items() if name != "webhook"
+}
+
+
+def test_under_vertex_functions_hold_exactly_the_vertex_roles_and_no_key():
+    graph = evaluate(enable_webhook=True, embedding_provider="vertex")
+    grants = grants_of(graph)
+    assert set(graph["functions"]) == set(EXPECTED_VERTEX), "no webhook under Vertex AI"
+    for name, needed in EXPECTED_VERTEX.items():
+        assert grants[name] == needed, f"{name}: extra {grants[name] - needed}, missing {needed - grants[name]}"
+    assert "gemini" not in graph["secrets"] and not graph["secret_readers"]
+    assert not [g for g in evaluate()["project_grants"].values() if g["role"] == AIPLATFORM[0]], "none under gemini"
+    assert evaluate()["vertex_prefix_grants"] == {}
+
+
+def test_vertex_grants_to_the_service_agent_are_conditioned_on_the_vertex_prefixes():
+    text = (TERRAFORM_DIR / "vertex.tf").read_text()
+    agent = _blocks()["google_storage_bucket_iam_member.vertex_agent"]
+    assert "member = google_project_service_identity.aiplatform[0].member" in agent
+    assert "condition {" in agent and 'objectListPrefix' in agent
+    assert 'reads_inputs   = { role = "roles/storage.objectViewer", prefix = local.vertex_inputs' in text
+    assert 'writes_outputs = { role = "roles/storage.objectUser", prefix = local.vertex_outputs' in text
+    assert "condition {" in _blocks()["google_storage_bucket_iam_member.vertex_prefix"]
+    assert _for_each(_blocks()["google_storage_bucket_iam_member.vertex_prefix"]) == "local.vertex_prefix_grants"
+
+
 def test_service_account_ids_fit_30_characters_with_the_longest_prefix():
     longest_prefix = "a" * 10  # variables.tf: name_prefix is at most 10 characters
     for key in evaluate()["service_accounts"]:
@@ -162,7 +199,8 @@ def test_service_account_ids_fit_30_characters_with_the_longest_prefix():
 # -- the resources are loops over those values ------------------------------------------------------------
 
 LOOPS = ("functions", "event_functions", "service_accounts", "project_grants", "bucket_grants", "topic_publishers",
-         "secret_readers", "invokers", "public_functions", "dead_letters", "topics", "secrets", "sources")
+         "secret_readers", "invokers", "public_functions", "dead_letters", "topics", "secrets", "sources",
+         "vertex_prefix_grants")
 
 
 @pytest.mark.parametrize("enable_webhook", [True, False])
@@ -231,6 +269,7 @@ def test_iam_resources_loop_over_the_pipeline_table():
 def test_no_other_resource_grants_roles_to_a_function_account():
     """Grants to the functions' and triggers' accounts come from the table only."""
     looped = {"google_project_iam_member.roles", "google_storage_bucket_iam_member.grants",
+              "google_storage_bucket_iam_member.vertex_prefix",
               "google_pubsub_topic_iam_member.publishers", "google_secret_manager_secret_iam_member.readers",
               "google_cloud_run_v2_service_iam_member.invokers", "google_cloud_run_v2_service_iam_member.public"}
     for address, block in _blocks().items():

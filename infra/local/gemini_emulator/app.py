@@ -37,6 +37,9 @@ from .schema import (
 from .store import MAX_FILE_BYTES, Batch, FileRecord
 from .tokens import count_chunks
 from .uploads import upload_routes
+from .vertex_gcs import Storage
+from .vertex_jobs import VertexJobs
+from .vertex_routes import vertex_routes
 from .web import api_version, base_url, json_response, page_size, page_token, read_json, split_verb
 from .webhook_routes import webhook_routes
 from .wire import ApiError, check_fields, error_body, new_id
@@ -53,6 +56,12 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
     settings = settings or EmulatorSettings.from_env()
     emu = Emulator(settings)
     strict = settings.strict
+    # -- the Vertex AI surface (vertex_*.py): its own jobs, the same embedder, tokens and faults ----------
+    vertex = VertexJobs(emu.embedder, emu.faults, emu.tokens, Storage(settings.storage_host), emu.data_dir / "vertex",
+                        model_slots=settings.workers, model_batch_size=settings.model_batch_size, strict=strict,
+                        max_rows=settings.vertex_max_rows)
+    gemini_reset = emu.reset
+    emu.reset = lambda: (gemini_reset(), vertex.reset())  # type: ignore[method-assign]  # /_emulator/reset: both
 
     # -- models ------------------------------------------------------------------------------
     async def model_post(request: Request) -> Response:
@@ -315,9 +324,11 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         emu.start()
+        vertex.start()
         try:
             yield
         finally:
+            vertex.stop()
             emu.close()
 
     routes = [
@@ -331,6 +342,7 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         *upload_routes(emu),
         *webhook_routes(emu),
         Route("/download/{version}/files/{rest}", download_route, methods=["GET"]),
+        *vertex_routes(emu, vertex, settings.vertex_token),
     ]
     app = Starlette(
         routes=routes,
@@ -338,4 +350,5 @@ def create_app(settings: EmulatorSettings | None = None) -> Starlette:
         exception_handlers={HTTPException: http_exception, Exception: server_error},
     )
     app.state.emulator = emu
+    app.state.vertex = vertex
     return app

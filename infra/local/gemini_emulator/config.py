@@ -105,6 +105,10 @@ class EmulatorSettings:
     webhook_retry_seconds: float = DEFAULT_WEBHOOK_RETRY_SECONDS
     webhook_backoff_seconds: float = DEFAULT_WEBHOOK_BACKOFF_SECONDS
     webhook_timeout_seconds: float = DEFAULT_WEBHOOK_TIMEOUT_SECONDS
+    # -- the Vertex AI surface (vertex_routes.py): its bearer token (None: any), Cloud Storage, row limit
+    vertex_token: str | None = None
+    storage_host: str | None = None
+    vertex_max_rows: int = 1_000_000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> EmulatorSettings:
@@ -145,6 +149,10 @@ class EmulatorSettings:
             "webhook_timeout_seconds": _float(
                 env, "GEMINI_EMULATOR_WEBHOOK_TIMEOUT_SECONDS", DEFAULT_WEBHOOK_TIMEOUT_SECONDS, minimum=0.1
             ),
+            # -- the Vertex AI surface
+            "vertex_token": env.get("GEMINI_EMULATOR_VERTEX_TOKEN") or None,
+            "storage_host": env.get("GEMINI_EMULATOR_STORAGE_HOST") or env.get("STORAGE_EMULATOR_HOST") or None,
+            "vertex_max_rows": _int(env, "GEMINI_EMULATOR_VERTEX_MAX_ROWS", 1_000_000, minimum=1),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if values["token_counter"] and values["token_counter"] not in TOKEN_COUNTERS:
