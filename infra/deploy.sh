@@ -15,6 +15,7 @@
 #   STATE_BUCKET      Terraform state bucket, created (versioned) if missing (default: <project>-tfstate)
 #   STATE_PREFIX      state prefix in it (default: embeddings)
 #   TF_VAR_FILE       a .tfvars file for more variables, local or gs:// (see infra/terraform/terraform.tfvars.example)
+#   EMBEDDING_PROVIDER  gemini (default: the Gemini API with an API key) or vertex (Vertex AI, IAM, no key)
 #   GEMINI_API_KEY    first deployment only: stored as the secret's first version (never printed, never in state)
 #   WEBHOOK_SIGNING_SECRET  the Gemini webhook's signing secret, stored as a version of its secret when given
 #   AUTO_APPROVE      1 to apply without asking (default 1 under CI=true, else 0)
@@ -59,7 +60,7 @@ require_tools() {
 
 # The -var arguments of every terraform plan and apply (the .tfvars path made absolute: terraform runs in TF_DIR).
 # A gs:// TF_VAR_FILE is copied first: *.tfvars are git-ignored, so Cloud Build reads its values from a bucket.
-TF_VARS=(-var "project_id=$PROJECT_ID" -var "region=$REGION")
+TF_VARS=(-var "project_id=$PROJECT_ID" -var "region=$REGION" -var "embedding_provider=${EMBEDDING_PROVIDER:-gemini}")
 if [[ "${TF_VAR_FILE:-}" == gs://* ]]; then
   local_vars="$(mktemp --suffix=.tfvars)"
   "$GCLOUD" --project "$PROJECT_ID" storage cp "$TF_VAR_FILE" "$local_vars" >/dev/null || die "cannot copy $TF_VAR_FILE"
@@ -127,9 +128,12 @@ has_version() {
 }
 
 ensure_secrets() {
-  # The functions cannot deploy without a readable version of the Gemini key.
+  # The functions cannot deploy without a readable version of the Gemini key (under Vertex AI there is none:
+  # the functions authenticate with their service accounts).
   local gemini="${GEMINI_SECRET_ID:-gemini-api-key}" webhook="${WEBHOOK_SECRET_ID:-gemini-webhook-signing-secret}"
-  if ! has_version "$gemini"; then
+  if [[ "${EMBEDDING_PROVIDER:-gemini}" == "vertex" ]]; then
+    log "provider vertex: no Gemini API key needed"
+  elif ! has_version "$gemini"; then
     [[ -n "${GEMINI_API_KEY:-}" ]] || die "secret $gemini has no enabled version. Add the key once:
   printf '%s' \"\$GEMINI_API_KEY\" | gcloud secrets versions add $gemini --data-file=- --project $PROJECT_ID
 or run this script with GEMINI_API_KEY set."

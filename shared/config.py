@@ -43,6 +43,18 @@ class Settings(BaseSettings):
     gemini_timeout_seconds: float = 60.0
     gemini_max_retries: int = 5
 
+    # Vertex AI batch prediction (PROVIDER=vertex): IAM, no key; inputs and outputs in Cloud Storage.
+    vertex_project: str = ""  # empty: GOOGLE_CLOUD_PROJECT
+    vertex_location: str = "us-central1"  # gemini-embedding-001's region; gemini-embedding-2 runs in global/us/eu
+    vertex_model_locations: str = ""  # per model, e.g. "gemini-embedding-2=eu"
+    vertex_api_base_url: str = ""  # empty: Google's endpoints; locally the emulator
+    vertex_access_token: SecretStr = SecretStr("")  # local emulator only; empty: Application Default Credentials
+    vertex_staging_prefix: str = ""  # empty: gs://OUTPUT_BUCKET/OUTPUT_PREFIX_staging/_vertex/inputs/
+    vertex_output_prefix: str = ""  # empty: .../_vertex/outputs/
+    vertex_labels: str = ""  # extra job labels, k=v,... (cost attribution)
+    vertex_timeout_seconds: float = 60.0
+    vertex_max_retries: int = 5
+
     # -- defaults of the per-file options ------------------------------------------------------
     default_model: str = "gemini-embedding-001"
     default_task_type: str = "RETRIEVAL_DOCUMENT"

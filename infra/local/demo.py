@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shlex
 import signal
 import sys
@@ -58,7 +59,8 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _terminate)
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     stop_orphaned(DEMO_DIR)  # a demo killed outright (SIGKILL) left its stack running: stop it
-    stack = LocalStack(ROOT, overrides={"POLLER_TICK_SECONDS": "1"}, state_dir=DEMO_DIR / "stack")
+    provider = {"PROVIDER": os.environ["PROVIDER"]} if os.environ.get("PROVIDER") else {}  # PROVIDER=vertex make run
+    stack = LocalStack(ROOT, overrides={"POLLER_TICK_SECONDS": "1", **provider}, state_dir=DEMO_DIR / "stack")
     try:
         say("Starting the local stack (emulators, functions, relay, ticker) on free ports")
         with stack:

@@ -103,6 +103,7 @@ DEFAULT_SETTINGS = {
     "EVENTS_TOPIC": "embedding-events",
     "GCS_NOTIFICATION_TOPIC": "gcs-notifications",
     "LOG_LEVEL": "INFO",
+    "PROVIDER": "gemini",  # `PROVIDER=vertex make up`: Vertex AI batch prediction, on the same emulator
     # The Gemini emulator lives inside a Tier 1 project's Batch API limits, as users will (their own
     # settings override these): 500k enqueued tokens, 100 batches, 20 GiB of files, 2 GiB per file.
     "GEMINI_EMULATOR_QUOTAS": json.dumps({"enqueued_tokens": 500_000, "concurrent_batches": 100,
@@ -120,7 +121,7 @@ TICKER_GRACE_SECONDS = 10.0  # a tick waits this much over the function's timeou
 JAVA_OPTIONS = ("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")
 # Settings `up` takes from the shell's environment (the API takes them as `overrides`).
 KNOBS = (
-    "FUNCTION_TIMEOUTS", "FUNCTION_INSTANCES", "GEMINI_EMULATOR_QUOTAS", "GEMINI_EMULATOR_WEBHOOKS",
+    "PROVIDER", "FUNCTION_TIMEOUTS", "FUNCTION_INSTANCES", "GEMINI_EMULATOR_QUOTAS", "GEMINI_EMULATOR_WEBHOOKS",
     "RELAY_MAX_DELIVERY_ATTEMPTS", "RELAY_MIN_BACKOFF_SECONDS", "RELAY_MAX_BACKOFF_SECONDS", "RELAY_MAX_IN_FLIGHT",
     "POLLER_TICK_SECONDS",
 )
@@ -668,7 +669,8 @@ ENV_KEYS = (
     "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST",
     "GEMINI_API_BASE_URL", "GEMINI_API_KEY", "GEMINI_EMULATOR_ADMIN_URL",
     "INPUT_BUCKET", "INPUT_PREFIX", "OUTPUT_BUCKET", "OUTPUT_PREFIX", "JOBS_COLLECTION",
-    "EVENTS_TOPIC", *topic_settings(FUNCTION_TABLE), "GCS_NOTIFICATION_TOPIC", "POLLER_TOKEN", "LOG_LEVEL",
+    "EVENTS_TOPIC", *topic_settings(FUNCTION_TABLE), "GCS_NOTIFICATION_TOPIC", "POLLER_TOKEN", "LOG_LEVEL", "PROVIDER",
+    "VERTEX_API_BASE_URL", "VERTEX_ACCESS_TOKEN",
 )
 
 
@@ -817,6 +819,11 @@ class LocalStack:
         if "webhook" in self.functions:
             env["WEBHOOK_SIGNING_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
             env["GEMINI_EMULATOR_WEBHOOKS"] = WEBHOOKS
+        # Vertex AI (PROVIDER=vertex) on the same emulator: its own bearer token, its files in fake-gcs-server.
+        env.update({"VERTEX_API_BASE_URL": env["GEMINI_API_BASE_URL"], "VERTEX_ACCESS_TOKEN": "local-" + secrets.token_urlsafe(24)})
+        env["GEMINI_EMULATOR_VERTEX_TOKEN"] = env["VERTEX_ACCESS_TOKEN"]
+        if env.get("STORAGE_EMULATOR_HOST"):
+            env["GEMINI_EMULATOR_STORAGE_HOST"] = env["STORAGE_EMULATOR_HOST"]
         for row in self.functions.values():
             env[row.url_key] = self.url(row.name)
             if row.event_driven:

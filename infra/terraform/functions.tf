@@ -27,7 +27,7 @@ locals {
     JOBS_COLLECTION      = var.jobs_collection
     LEDGERS_COLLECTION   = var.ledgers_collection
     LOG_LEVEL            = var.log_level
-    }, {
+    }, local.provider_env, {
     for key, topic in local.topics : topic.setting => google_pubsub_topic.pipeline[key].name
   })
 
