@@ -33,8 +33,11 @@ def build_providers(settings: Settings) -> dict[str, BatchProvider]:
 
 def build_context(settings: Settings) -> Context:
     """A context over Firestore, Cloud Storage, Pub/Sub and the providers, as `settings` say."""
+    from datetime import timedelta
+
     from google.cloud import firestore, pubsub_v1, storage
 
+    from shared.adapters.firestore_cache import FirestoreEmbeddingCache
     from shared.adapters.firestore_jobs import FirestoreJobRepository, FirestoreLedgerRepository
     from shared.adapters.gcs_blobs import GcsBlobStore
     from shared.adapters.pubsub_publisher import PubSubPublisher
@@ -48,6 +51,8 @@ def build_context(settings: Settings) -> Context:
         providers=build_providers(settings),
         publisher=PubSubPublisher(pubsub_v1.PublisherClient(), project),
         settings=settings,
+        cache=FirestoreEmbeddingCache(db, settings.cache_collection, timedelta(days=settings.cache_ttl_days))
+        if settings.reuse_embeddings else None,
     )
 
 

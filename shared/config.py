@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     concurrent_batches_limit: int | None = None  # 100 per project
     file_storage_limit_bytes: int | None = None  # 20 GB per project (Files API)
 
+    # -- reuse ------------------------------------------------------------------------------------------
+    reuse_embeddings: bool = True  # take unchanged passages' embeddings from the cache (a file may say reuse=false)
+    cache_collection: str = "embedding_cache"  # Firestore collection of the cache (one document per content key)
+    cache_ttl_days: float = 90.0  # a cache entry expires this long after it was last written (Firestore TTL)
+
     # -- retries and deadlines --------------------------------------------------------------------
     max_batch_attempts: int = 2  # batches per shard when the provider fails or expires one
     max_item_attempts: int = 3  # tries per item whose own request failed

@@ -285,6 +285,7 @@ class ItemResult:
     values: list[float] | None = None
     error: ErrorInfo | None = None
     tokens: int | None = None  # real tokens, where the provider reports them
+    vector: bytes | None = None  # instead of `values`: float32 bytes, already L2-normalised (from the cache)
 
 
 class BatchProvider(abc.ABC):

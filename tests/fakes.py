@@ -590,6 +590,7 @@ def make_context(settings: Settings | None = None, clock: FakeClock | None = Non
         providers={"fake": provider},
         publisher=FakePublisher(),
         settings=settings,
+        cache=FakeEmbeddingCache() if settings.reuse_embeddings else None,
         clock=clock,
         monotonic=FakeMonotonic(clock),
         started=clock.now.timestamp(),
@@ -703,6 +704,7 @@ def mortal(ctx: Context, budget: int | None = None) -> tuple[Context, Life]:
         blobs=Mortal(ctx.blobs, "blobs", life),
         providers={name: Mortal(p, "provider", life) for name, p in ctx.providers.items()},
         publisher=Mortal(ctx.publisher, "publisher", life), settings=ctx.settings, clock=ctx.clock,
+        cache=Mortal(ctx.cache, "cache", life) if ctx.cache is not None else None,
         monotonic=ctx.monotonic, started=ctx.monotonic(),
     )
     return worker, life

@@ -187,10 +187,15 @@ class Counts(BaseModel):
 
 
 class Estimate(BaseModel):
-    input_tokens: int = 0  # estimated tokens of every accepted record
+    input_tokens: int = 0  # estimated tokens of every accepted record (those sent and those reused)
     reported_tokens: int | None = None  # real tokens, where the provider reports them
-    cost_batch_usd: float = 0.0
-    cost_interactive_usd: float = 0.0
+    cost_batch_usd: float = 0.0  # of the tokens sent to the provider
+    cost_interactive_usd: float = 0.0  # what the same tokens would cost at the interactive price
+    reused_tokens: int = 0  # tokens of the items taken from the cache (not sent)
+    saved_usd: float = 0.0  # their batch price
+    cache_reads: int = 0  # cache lookups (documents read)
+    cache_writes: int = 0  # cache entries written
+    cache_usd: float = 0.0  # the cache's own cost for this job (reads and writes)
 
 
 class InputProblems(BaseModel):
@@ -233,7 +238,7 @@ class Staging(BaseModel):
 # Fields changed only by transactions that move a shard (see the module docstring); a leased worker's
 # `save` never writes them from its own copy.
 COUNTER_FIELDS = ("shard_count", "open_shards", "counts.succeeded", "counts.failed", "counts.reused",
-                  "estimate.reported_tokens")
+                  "estimate.reported_tokens", "estimate.cache_writes")
 
 
 class Job(BaseModel):
@@ -326,6 +331,7 @@ class Job(BaseModel):
         self.open_shards -= 1
         if shard.reported_tokens is not None:
             self.estimate.reported_tokens = (self.estimate.reported_tokens or 0) + shard.reported_tokens
+        self.estimate.cache_writes += shard.cache_writes
         return self.complete_if_done(now)
 
     def complete_if_done(self, now: datetime) -> bool:
@@ -399,6 +405,7 @@ SHARD_TRANSITIONS: dict[ShardState, frozenset[ShardState]] = {
 
 class ShardOrigin(StrEnum):
     INPUT = "input"  # cut from the input by staging
+    CACHE = "cache"  # items of the input whose embeddings were found in the cache: written, never sent
     FOLLOW_UP = "follow_up"  # the failed items of `parent`, tried again
     SPLIT = "split"  # half of `parent`, which the provider's cap refused whole
 
@@ -410,6 +417,7 @@ class ShardOutput(BaseModel):
     succeeded: int = 0
     failed: int = 0
     reported_tokens: int | None = None
+    cache_writes: int = 0
 
 
 class Shard(BaseModel):
@@ -445,6 +453,7 @@ class Shard(BaseModel):
     failed: int = 0
     pending: int = 0
     reused: int = 0  # items taken from the embeddings cache
+    cache_writes: int = 0  # cache entries its results gave
     followed_up: bool = False  # its failed items are carried on by a follow-up shard
     provider_error: ErrorInfo | None = None
     output: ShardOutput | None = None

@@ -92,6 +92,24 @@ class JobPaths:
     def parquet(self, shard: int) -> str:
         return f"{self.prefix}embeddings-{shard:05d}.parquet"
 
+    def index_part(self, shard: int) -> str:
+        """`{"id", "hash"}` of each item a shard embedded (joined into index.jsonl when the job ends)."""
+        return f"{self.staging}index-{shard:06d}.jsonl"
+
+    @property
+    def index(self) -> str:
+        """Every embedded id with its content hash: what the next generation's changes are measured against."""
+        return self.prefix + "index.jsonl"
+
+    @property
+    def changes(self) -> str:
+        return self.prefix + "changes.jsonl"
+
+    @property
+    def latest(self) -> str:
+        """The newest complete generation of this source: `{"generation", "manifest", "index"}`."""
+        return self.prefix.rsplit("/", 2)[0] + "/latest.json"
+
     @property
     def errors(self) -> str:
         return self.prefix + "errors.jsonl"

@@ -60,7 +60,8 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
         if job.terminal or job.cancel_requested:
             return "job_ended"  # cancel abandons its shards
         try:
-            output = write_shard_output(ctx, paths_of(ctx, job), shard, job.options.output_dimensionality)
+            output = write_shard_output(ctx, paths_of(ctx, job), shard, job.options.output_dimensionality,
+                                        reuse=job.options.reuse)
         except PermanentError as exc:
             log.error(f"results of shard {index} are unreadable: {exc.message}", shard=index, code=exc.code)
             last = abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"results unreadable: {exc.message}"),
@@ -76,6 +77,7 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
             stored.output = output
             stored.succeeded, stored.failed = output.succeeded, output.failed
             stored.reported_tokens = output.reported_tokens
+            stored.cache_writes = output.cache_writes
             stored.followed_up = follow_up is not None
             stored.lease_owner = stored.lease_until = None
             return True

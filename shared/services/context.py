@@ -14,7 +14,14 @@ from shared.domain.capabilities import Capabilities
 from shared.domain.options import OptionError
 from shared.domain.schedule import next_poll_at
 from shared.errors import PermanentError
-from shared.ports import BatchProvider, BlobStore, JobRepository, LedgerRepository, MessagePublisher
+from shared.ports import (
+    BatchProvider,
+    BlobStore,
+    EmbeddingCache,
+    JobRepository,
+    LedgerRepository,
+    MessagePublisher,
+)
 
 __all__ = ["Context", "utc_now"]
 
@@ -31,6 +38,7 @@ class Context:
     providers: Mapping[str, BatchProvider]
     publisher: MessagePublisher
     settings: Settings
+    cache: EmbeddingCache | None = None  # None: no reuse
     clock: Callable[[], datetime] = utc_now
     owner: str = field(default_factory=lambda: uuid.uuid4().hex)
     # When this invocation started (monotonic seconds): time budgets are measured from it.

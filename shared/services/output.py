@@ -18,6 +18,8 @@ stored plain (no dictionary) and uncompressed, the other columns zstd-compressed
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -27,10 +29,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shared.domain.jobs import ErrorInfo, FileRef, Shard, ShardOutput
+from shared.domain.jobs import ErrorInfo, FileRef, Shard, ShardOrigin, ShardOutput
 from shared.domain.paths import JobPaths
 from shared.logging import get_logger
-from shared.ports import ItemResult
+from shared.ports import EmbeddingCache, ItemResult
 from shared.services.context import Context
 from shared.services.records import iter_records
 
@@ -47,6 +49,7 @@ class _Item:
     id: str
     title: str | None
     raw_metadata: bytes | None  # JSON, parsed only when the item is written
+    content_key: str | None = None  # shared.domain.reuse.content_key of the record
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -70,7 +73,8 @@ def load_records(ctx: Context, uri: str) -> ShardRecords:
         if metadata:
             keys.update(metadata)
         with_title = with_title or bool(row.get("title"))
-        items[row["key"]] = _Item(row["id"], row.get("title"), orjson.dumps(metadata) if metadata else None)
+        items[row["key"]] = _Item(row["id"], row.get("title"), orjson.dumps(metadata) if metadata else None,
+                                  row.get("ck"))
     return ShardRecords(items, sorted(keys), with_title)
 
 
@@ -118,77 +122,121 @@ class _ParquetSink:
         self.writer.close()
 
 
-def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int) -> ShardOutput:
-    """Fetch, normalise and write one SUCCEEDED shard's results. Returns what was written, with the tokens
-    the provider reported for its items (None when it reports none).
+def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int, *, reuse: bool) -> ShardOutput:
+    """Write one shard's results: a SUCCEEDED batch's, fetched and normalised, or a cache shard's stored
+    vectors, written as they were (so an unchanged passage's vector is byte-identical to its first run).
+    Returns what was written, with the tokens the provider reported for its items (None when it reports
+    none) and the cache entries given (`reuse`: each embedded item's vector is stored under its content key).
 
     An item fails (into `failed-N.jsonl`) when the provider reports an error for it, when its vector has
     the wrong dimensions or is all zeros (it cannot be normalised), or when its key is unknown.
     """
-    provider = ctx.provider_for(shard.ledger.split("~", 1)[0])
+    cached = shard.origin == ShardOrigin.CACHE
     shard_records = load_records(ctx, shard.records_uri)
     records = shard_records.items
-    reported: int | None = None
-    succeeded = 0
+    writer = _ShardWriter(ctx, paths, shard, dims, shard_records, normalise=not cached,
+                          cache=ctx.cache if reuse and not cached else None)
     done: set[str] = set()  # keys with a result, good or failed
-    failed_keys: list[str] = []
-    with ExitStack() as files:
-        jsonl = files.enter_context(ctx.blobs.open_write(paths.embeddings(shard.index), "application/jsonl"))
-        parquet_stream = files.enter_context(ctx.blobs.open_write(paths.parquet(shard.index), "application/vnd.apache.parquet"))
-        failures = files.enter_context(ctx.blobs.open_write(paths.failed_items(shard.index), "application/jsonl"))
-
-        def fail(key: str, error: ErrorInfo) -> None:
-            failures.write(orjson.dumps({"key": key, "id": records[key].id, "code": error.code, "message": error.message}) + b"\n")
-            failed_keys.append(key)
-
-        parquet = _ParquetSink(parquet_stream, dims, shard_records)
-        files.callback(parquet.close)  # before its stream closes, also when an error interrupts the writing
-        rows = np.empty((BLOCK_ROWS, dims), dtype=np.float32)  # one block of vectors, reused
-        good: list[_Item] = []
-
-        def flush() -> None:
-            matrix = rows[: len(good)]
-            matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
-            metadata = [item.metadata for item in good]
-            jsonl.write(b"".join(_jsonl_row(item, meta, row) for item, meta, row in zip(good, metadata, matrix, strict=True)))
-            parquet.write(good, metadata, matrix)
-            good.clear()
-
-        for result in provider.iter_results(shard.batch_name):
+    with writer:
+        results = _cached_results(ctx, shard) if cached else ctx.provider_for(shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name)
+        for result in results:
             item = records.get(result.key)
             if item is None or result.key in done:
                 log.warning("ignored a result for an unknown or repeated key", key=result.key[:100], shard=shard.index)
                 continue
             done.add(result.key)
-            if result.tokens is not None:
-                reported = (reported or 0) + result.tokens
-            problem = _problem(result, dims)
-            if problem is not None:
-                fail(result.key, problem)
-                continue
-            rows[len(good)] = result.values  # to float32 at once: the block never holds Python floats
-            good.append(item)
-            succeeded += 1
-            if len(good) == BLOCK_ROWS:
-                flush()
-        if good:
-            flush()
+            writer.add(result.key, item, result)
         for key in sorted(records.keys() - done, key=int):
-            fail(key, ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
-    failed = len(failed_keys)
+            writer.fail(key, records[key], ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
     return ShardOutput(
-        embeddings=file_ref(ctx, paths.embeddings(shard.index), succeeded),
-        parquet=file_ref(ctx, paths.parquet(shard.index), succeeded),
-        failed_items_uri=paths.failed_items(shard.index) if failed else None,
-        succeeded=succeeded,
-        failed=failed,
-        reported_tokens=reported,
+        embeddings=file_ref(ctx, paths.embeddings(shard.index), writer.succeeded),
+        parquet=file_ref(ctx, paths.parquet(shard.index), writer.succeeded),
+        failed_items_uri=paths.failed_items(shard.index) if writer.failed else None,
+        succeeded=writer.succeeded,
+        failed=writer.failed,
+        reported_tokens=writer.reported,
+        cache_writes=writer.cache_writes,
     )
+
+
+def _cached_results(ctx: Context, shard: Shard) -> Iterator[ItemResult]:
+    """A cache shard's items, with the vectors staging found for them (stored as float32 bytes)."""
+    for _, row in iter_records(ctx, shard.records_uri):
+        yield ItemResult(key=row["key"], vector=base64.b64decode(row["vector"]))
+
+
+class _ShardWriter:
+    """The files of one shard: embeddings JSONL and Parquet, failed items, and its part of the job's index."""
+
+    def __init__(self, ctx: Context, paths: JobPaths, shard: Shard, dims: int, records: ShardRecords, *,
+                 normalise: bool, cache: EmbeddingCache | None):
+        self._ctx, self._paths, self._shard, self._dims = ctx, paths, shard, dims
+        self._records, self._normalise, self._cache = records, normalise, cache
+        self._files = ExitStack()
+        self._rows = np.empty((BLOCK_ROWS, dims), dtype=np.float32)  # one block of vectors, reused
+        self._good: list[_Item] = []
+        self.succeeded = self.failed = self.cache_writes = 0
+        self.reported: int | None = None
+
+    def __enter__(self) -> _ShardWriter:
+        index, open_write = self._shard.index, self._ctx.blobs.open_write
+        self._jsonl = self._files.enter_context(open_write(self._paths.embeddings(index), "application/jsonl"))
+        parquet_stream = self._files.enter_context(open_write(self._paths.parquet(index), "application/vnd.apache.parquet"))
+        self._failures = self._files.enter_context(open_write(self._paths.failed_items(index), "application/jsonl"))
+        self._index = self._files.enter_context(open_write(self._paths.index_part(index), "application/jsonl"))
+        self._parquet = _ParquetSink(parquet_stream, self._dims, self._records)
+        self._files.callback(self._parquet.close)  # before its stream closes, also when an error interrupts
+        return self
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        if exc[0] is None and self._good:
+            self._flush()
+        return self._files.__exit__(*exc)
+
+    def add(self, key: str, item: _Item, result: ItemResult) -> None:
+        if result.tokens is not None:
+            self.reported = (self.reported or 0) + result.tokens
+        problem = _problem(result, self._dims)
+        if problem is not None:
+            self.fail(key, item, problem)
+            return
+        row = self._rows[len(self._good)]
+        if result.vector is not None:
+            row[:] = np.frombuffer(result.vector, dtype=np.float32)
+        else:
+            row[:] = result.values  # to float32 at once: the block never holds Python floats
+        self._good.append(item)
+        self.succeeded += 1
+        if len(self._good) == BLOCK_ROWS:
+            self._flush()
+
+    def fail(self, key: str, item: _Item, error: ErrorInfo) -> None:
+        self._failures.write(orjson.dumps({"key": key, "id": item.id, "code": error.code, "message": error.message}) + b"\n")
+        self.failed += 1
+
+    def _flush(self) -> None:
+        good = self._good
+        matrix = self._rows[: len(good)]
+        if self._normalise:
+            matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+        metadata = [item.metadata for item in good]
+        self._jsonl.write(b"".join(_jsonl_row(item, meta, row) for item, meta, row in zip(good, metadata, matrix, strict=True)))
+        self._parquet.write(good, metadata, matrix)
+        self._index.write(b"".join(orjson.dumps({"id": item.id, "hash": item.content_key[:16]}) + b"\n"
+                                   for item in good if item.content_key))
+        if self._cache is not None:  # each vector under the key of the very record it was matched to by key
+            entries = {item.content_key: row.tobytes() for item, row in zip(good, matrix, strict=True) if item.content_key}
+            self._cache.put_many(entries)
+            self.cache_writes += len(entries)
+        good.clear()
 
 
 def _problem(result: ItemResult, dims: int) -> ErrorInfo | None:
     if result.error is not None:
         return result.error
+    if result.vector is not None:
+        return None if len(result.vector) == 4 * dims else ErrorInfo(
+            code="DIMENSION_MISMATCH", message=f"expected {dims} dimensions, got {len(result.vector) // 4}")
     if result.values is None or len(result.values) != dims:
         got = 0 if result.values is None else len(result.values)
         return ErrorInfo(code="DIMENSION_MISMATCH", message=f"expected {dims} dimensions, got {got}")
