@@ -139,6 +139,70 @@ def test_one_refusal_alone_does_not_shred_shards_the_provider_just_accepted_whol
     assert world.job(third).state == JobState.SUCCEEDED
 
 
+def test_a_refusal_whose_hold_is_already_gone_does_not_collapse_the_limit():
+    """ledger.py: a refusal teaches "what the others held at that moment (the real cap lies below what was
+    asked)"; reconcile.py frees holds "no shard needs any more".
+
+    Shard 0's creator died after its admission; a lease later the poller creates it and the create is
+    refused (429). `_refused` stores the shard STAGED, then calls `Ledger.refused`. In between, the tick's
+    reconciler finds the (old) hold of a STAGED shard and frees it. `refused` then finds no hold: `asked`
+    is 0 and nothing else is held, so it "learns" `max(MIN_LIMIT, 0 // 2)`: a limit of 1 token. From then
+    on every shard is split down to single items, and those run one at a time in the whole ledger (a
+    shard over the limit goes only alone) until the limit climbs back, by 10 % per 5 minutes of creates.
+
+    Where: `Ledger.refused` learns from a hold it does not have (and `_refused`'s two writes are not one)."""
+    world = World()
+
+    def dies(*_: Any) -> None:
+        raise Crash("died after marking the shard CREATING")
+
+    dying = worker_with(world, jobs=Hooked(world.ctx.jobs, "update_shard", after=dies,
+                                           when=lambda result, *_: result[0].state == ShardState.CREATING))
+    job_id = world.submit(world.upload("incoming/a.jsonl", jsonl(8)), worker=dying)
+    world.drop_pending()
+    [shard] = world.shards(job_id)
+    assert shard.state == ShardState.CREATING and shard.create_started_at is None
+    lease_lapses(world)
+
+    def the_tick_reconciles(*_: Any) -> None:
+        reconcile_ledger(world.ctx.for_invocation(), shard.ledger)
+
+    creator = worker_with(world, jobs=Hooked(world.ctx.jobs, "update_shard", after=the_tick_reconciles,
+                                             when=lambda result, *_: result[0].state == ShardState.STAGED))
+    world.provider.fail_creates(CapacityExhausted("429 RESOURCE_EXHAUSTED"))
+    create_batch_for(creator, job_id, 0)
+    learned = world.ctx.ledgers.get(shard.ledger).learned_limit
+    assert learned is None or learned >= shard.estimated_tokens // 2, \
+        f"a {shard.estimated_tokens}-token shard refused taught a limit of {learned} token(s)"
+
+
+def test_the_deadline_keeps_results_that_are_ready():
+    """poll.py: at the deadline the job's pass "stop[s] everything"; cancel.py: "a running batch is
+    cancelled, and the shard is abandoned". A batch that has already SUCCEEDED is not running: its results
+    are paid for and ready.
+
+    Shard 0's batch succeeds and the poller hands it to `complete`; before that write is delivered (a
+    retry, a backlog), the deadline passes and the job's deadline pass runs first: `stop_shards` abandons
+    every open shard, SUCCEEDED ones included, so shard 0's results are never read, its two items count as
+    failed, and the job ends FAILED ("no item was embedded") instead of PARTIALLY_SUCCEEDED.
+
+    Where: `cancel.stop_shards` abandons SUCCEEDED shards (at the deadline it could leave them to
+    `complete`, whose grace `COMPLETION_GRACE` already bounds)."""
+    world = World(Settings(max_tokens_per_batch=10, job_deadline_hours=1))
+    job_id = world.submit(world.upload("incoming/a.jsonl", jsonl(4)))
+    first, _ = world.shards(job_id)
+    world.provider.batches[first.batch_name]["state"] = ProviderState.SUCCEEDED
+    world.tick(50, deliver=False)
+    world.deliver_topic(world.ctx.settings.poll_topic)  # shard 0 seen SUCCEEDED; its write is queued
+    assert [s.state for s in world.shards(job_id)] == [ShardState.SUCCEEDED, ShardState.PENDING]
+    world.tick(15, deliver=False)
+    world.deliver_topic(world.ctx.settings.poll_topic)  # the deadline pass, before the write
+    world.settle(rounds=4, finish=False)
+    job = world.job(job_id)
+    assert job.counts.succeeded == 2 and job.state == JobState.PARTIALLY_SUCCEEDED, f"{job.state}, {job.counts}"
+    assert clean_end(world, job_id) == []
+
+
 def test_the_ledger_document_stays_under_firestores_limit_while_results_files_are_kept():
     """ledger.py: the ledger is one Firestore document (1 MiB at most); complete.py keeps a written shard's
     results' bytes held until they expire when the provider will not delete them (Gemini refuses to delete

@@ -23,6 +23,7 @@ from shared.ports import ProviderState
 from shared.services.admission import admit
 from shared.services.cancel import cancel_job
 from shared.services.complete import write_shard
+from shared.services.poll import tick
 from shared.services.submit import submit_object
 from tests.unit.test_adversarial_world import World, clean_end, jsonl, uncounted_in_flight
 
@@ -149,6 +150,25 @@ def test_admission_racing_in_threads_never_passes_the_limit_nor_leaves_a_batch_u
     world.settle()
     for job_id in jobs:
         assert clean_end(world, job_id) == []
+
+
+@pytest.mark.parametrize("trial", range(5))
+def test_writes_a_cancel_and_a_tick_racing_in_threads_end_the_job_once_with_one_status(trial):
+    world = World(Settings(max_tokens_per_batch=10))
+    world.provider.failing_texts = {"text number 3"}
+    job_id = world.submit(world.upload("incoming/a.jsonl", jsonl(8)))
+    world.provider.finish_all()
+    world.tick(deliver=False)
+    world.deliver_topic(world.ctx.settings.poll_topic)
+    world.drop_pending()
+    works = [lambda i=s.index: write_shard(world.ctx.for_invocation(), job_id, i) for s in world.shards(job_id)]
+    works += [lambda: cancel_job(world.ctx.for_invocation(), job_id), lambda: tick(world.ctx.for_invocation())]
+    in_threads(*works)
+    world.settle(rounds=4)
+    job = world.job(job_id)
+    assert clean_end(world, job_id) == []
+    assert {e["status"] for e in world.events(job_id)} == {job.state.value}
+    assert job.state in (JobState.CANCELLED, JobState.PARTIALLY_SUCCEEDED)
 
 
 @pytest.mark.parametrize("order", ["newest", "oldest", "random"])
