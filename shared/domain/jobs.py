@@ -230,6 +230,8 @@ class Staging(BaseModel):
     segments: int = 0  # checkpoints made: input shards, and stretches of problems with no record
     tokens: int = 0
     done: bool = False
+    held: bool = False  # its shards are staged out of the queue (on_bad_record=fail) until the file reads clean
+    opened: bool = False  # ...and once it did, all of them were put in the queue
     fatal: dict[str, Any] | None = None  # the problem that ended the reading early
     invocations: int = 0  # deliveries that staged a part of the input
     fair_start: float = 0.0  # the ledger's virtual time when staging began: the job's place in the queue
@@ -272,6 +274,7 @@ class Job(BaseModel):
     lease_owner: str | None = None
     lease_until: datetime | None = None
     cancel_requested: bool = False
+    failing: ErrorInfo | None = None  # a failed submission being carried out: shards stopped, then FAILED
     event_id: str | None = None
     event_published_at: datetime | None = None
     # The stored version this copy was read at, set by the repository (not a field of the document), and
@@ -299,6 +302,11 @@ class Job(BaseModel):
             self.completed_at = self.completed_at or now
             # Due at once until its event is published: the poller publishes it if the ender crashed.
             self.next_poll_at = now
+
+    @property
+    def stopping(self) -> bool:
+        """Its work is being stopped (a cancel request, a failed submission): no new batch, no new write."""
+        return self.cancel_requested or self.failing is not None
 
     def past_deadline(self, now: datetime) -> bool:
         return self.deadline_at is not None and now >= self.deadline_at
@@ -439,16 +447,21 @@ class Shard(BaseModel):
     file_bytes: int = 0  # about what its input and results take of the provider's file storage
     estimated_tokens: int = 0
     reported_tokens: int | None = None  # real tokens of its items, where the provider reports them
-    # Admission: the queue is ordered by priority (high first), then fair_key (low first), then age.
+    provider: str = ""  # the provider its batches go to (the job's)
+    # Admission: the queue is ordered by priority (high first), then fair_key (low first), then age. A shard
+    # with no ledger is held out of the queue (a strict file's shards, until the whole file read clean).
     ledger: str = ""
     priority: int = 0
     fair_key: float = 0.0
-    reserved: bool = False  # holds capacity in the ledger (tokens while a batch may exist, files until written)
+    reservation: str | None = None  # the ledger hold it owns (tokens while a batch may exist, files until written)
     batch_attempts: int = 1  # the attempt its current (or next) batch is: 1, then 2 after a retry, ...
     batch_name: str | None = None
     input_ref: str | None = None  # the provider's handle of the uploaded input (file name, gs:// URI)
     create_started_at: datetime | None = None
     uncertain_create: bool = False  # a create's answer was lost: look for a stray second batch at the end
+    # Batches of this shard a worker made after losing it and could not cancel: the next poll of the shard
+    # (due at once, final or not) or the pass that stops its job cancels them.
+    strays: list[str] = Field(default_factory=list)
     succeeded: int = 0
     failed: int = 0
     pending: int = 0

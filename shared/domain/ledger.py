@@ -11,8 +11,13 @@ with anything else in the project. The ledger keeps the pipeline inside them:
 - A create refused with 429 despite the ledger teaches it: the limit drops to what the others held at that
   moment (the real cap lies below what was asked), and that level is remembered as a ceiling for a while.
   After successes, and only once no refusal is recent, the limit rises slowly back toward the setting.
-- A shard refused while nothing else of the model was held is larger than the real cap: `refused` says so,
-  and the caller splits it. A shard larger than the current limit is split before it is tried.
+- A shard refused while nothing else of the model was held is larger than the real cap (unless the provider
+  accepted a batch that large alone recently: then the cap is shared and the ledger only holds off):
+  `refused` says so, and the caller splits it. A shard larger than the current limit is split before it
+  is tried.
+- Every hold carries a reservation id, which its shard carries too: only a release naming it frees it, so a
+  worker acting late (a refusal crossing a new admission, a reconciliation deciding on a stale read) never
+  frees capacity a batch now uses.
 - `virtual_time` orders the queue fairly (start-time fair queueing by tokens): a job's shards are keyed from
   the virtual time when it arrived, plus the tokens of its shards before them, so a small job arriving
   behind a huge one of the same priority waits for about one of the huge job's shards, not for all of them.
@@ -38,12 +43,14 @@ RAISE_FACTOR = 1.1
 MIN_LIMIT = 1
 #: After a refusal, nothing more is tried for this long unless capacity frees meanwhile (no hammering).
 HOLD_OFF_SECONDS = 60
+#: How long a batch accepted alone vouches for its size: a refusal alone no larger is the shared cap, not size.
+#: (Each such refusal halves what is vouched for, so refusals that persist still end in a split.)
+ACCEPTED_MEMORY_SECONDS = 6 * 3600
 _THROUGHPUT_WEIGHT = 0.3  # exponential moving average of released tokens per second
 
 
 class Admission(StrEnum):
-    ADMITTED = "admitted"  # capacity reserved now
-    HELD = "held"  # it already holds capacity (an earlier, interrupted admission)
+    ADMITTED = "admitted"  # capacity reserved now, under a new reservation id
     WAIT = "wait"  # no room now; it keeps its place in the queue
     TOO_LARGE = "too_large"  # larger than the limit even with nothing else held: split it
 
@@ -55,11 +62,11 @@ def holder_id(job_id: str, shard: int) -> str:
 class Hold(BaseModel):
     job_id: str
     shard: int
+    reservation: str  # the id the shard carries: only a release naming it frees the hold
     tokens: int = 0  # enqueued tokens, while a batch may exist
     batch: bool = False  # counts as an active batch
-    file_bytes: int = 0  # provider file storage, until the shard's files are deleted (or expire)
+    file_bytes: int = 0  # provider file storage, until the shard's files are deleted
     since: datetime
-    expires_at: datetime | None = None  # the provider keeps the files until then (they cannot be deleted)
 
 
 class Ledger(BaseModel):
@@ -72,9 +79,15 @@ class Ledger(BaseModel):
     ceiling_until: datetime | None = None
     raised_at: datetime | None = None
     refused_at: datetime | None = None
-    hold_off_until: datetime | None = None  # a rate limit's Retry-After
+    hold_off_until: datetime | None = None  # a rate limit's Retry-After, or a back-off after a refusal
+    accepted_alone: int = 0  # the largest batch (tokens) the provider accepted recently...
+    accepted_at: datetime | None = None  # ...and when: a refusal of no more than that is not about size
     holds: dict[str, Hold] = Field(default_factory=dict)
+    # Files the provider keeps until they expire (results it refuses to delete): bytes by the hour they go,
+    # so the document stays small however many shards ended in the last two days.
+    kept_files: dict[str, int] = Field(default_factory=dict)
     virtual_time: float = 0.0
+    reservations: int = 0  # reservation ids handed out
     creates: int = 0
     refusals: int = 0
     splits: int = 0
@@ -95,7 +108,7 @@ class Ledger(BaseModel):
 
     @property
     def file_bytes_held(self) -> int:
-        return sum(h.file_bytes for h in self.holds.values())
+        return sum(h.file_bytes for h in self.holds.values()) + sum(self.kept_files.values())
 
     @property
     def effective_limit(self) -> int | None:
@@ -108,23 +121,31 @@ class Ledger(BaseModel):
         if self.learned_limit is not None and limit is not None and self.learned_limit >= limit:
             self.learned_limit = None
 
+    def _hold_of(self, job_id: str, shard: int, reservation: str | None) -> Hold | None:
+        hold = self.holds.get(holder_id(job_id, shard))
+        return hold if hold is not None and reservation is not None and hold.reservation == reservation else None
+
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, job_id: str, shard: int, tokens: int, file_bytes: int, fair_key: float,
-              now: datetime, *, splittable: bool = True) -> Admission:
-        """Reserve capacity for a shard's batch, if it fits now. A shard over the limit is TOO_LARGE (split
-        it); one that cannot be split (one item) is tried alone, when nothing else is held."""
+              now: datetime, *, splittable: bool = True) -> tuple[Admission, str | None]:
+        """Reserve capacity for a shard's batch, if it fits now; returns the outcome and the new reservation
+        id (the shard carries it; a release must name it). A hold left by an earlier admission of the shard
+        (interrupted, or being released by a refused worker) is replaced, never counted twice. A shard over
+        the limit is TOO_LARGE (split it); one that cannot be split (one item) is tried alone."""
         key = holder_id(job_id, shard)
-        if key in self.holds:
-            return Admission.HELD
+        stale = self.holds.pop(key, None)
         if self._holding_off(now):
-            return Admission.WAIT
+            self._restore(key, stale)
+            return Admission.WAIT, None
         limit = self.effective_limit
         if limit is not None and tokens > limit:
             if splittable:
-                return Admission.TOO_LARGE
+                self._restore(key, stale)
+                return Admission.TOO_LARGE, None
             if self.tokens_held:
-                return Admission.WAIT
+                self._restore(key, stale)
+                return Admission.WAIT, None
             limit = tokens
         fits = (
             (limit is None or self.tokens_held + tokens <= limit)
@@ -132,16 +153,28 @@ class Ledger(BaseModel):
             and (self.file_limit is None or self.file_bytes_held + file_bytes <= self.file_limit)
         )
         if not fits:
-            return Admission.WAIT
-        self.holds[key] = Hold(job_id=job_id, shard=shard, tokens=tokens, batch=True, file_bytes=file_bytes, since=now)
+            self._restore(key, stale)
+            return Admission.WAIT, None
+        self.reservations += 1
+        reservation = f"r{self.reservations}"
+        self.holds[key] = Hold(job_id=job_id, shard=shard, reservation=reservation, tokens=tokens, batch=True,
+                               file_bytes=file_bytes, since=now)
         self.virtual_time = max(self.virtual_time, fair_key)
         self.updated_at = now
-        return Admission.ADMITTED
+        return Admission.ADMITTED, reservation
 
-    def created(self, now: datetime) -> None:
-        """A create went through: after a quiet while, raise a learned limit a little."""
+    def _restore(self, key: str, hold: Hold | None) -> None:
+        if hold is not None:
+            self.holds[key] = hold
+
+    def created(self, job_id: str, shard: int, reservation: str | None, now: datetime) -> None:
+        """A create went through: remember the size accepted alone, and after a quiet while raise a learned
+        limit a little."""
         self.creates += 1
         self.updated_at = now
+        hold = self._hold_of(job_id, shard, reservation)
+        if hold is not None and self.tokens_held == hold.tokens and hold.tokens > self._recently_accepted(now):
+            self.accepted_alone, self.accepted_at = hold.tokens, now
         if self.learned_limit is None:
             return
         if self.ceiling_until is not None and now < self.ceiling_until:
@@ -152,29 +185,43 @@ class Ledger(BaseModel):
         self.learned_limit = None if self.limit is not None and raised >= self.limit else raised
         self.raised_at = now
 
-    def refused(self, job_id: str, shard: int, now: datetime) -> bool:
-        """A create was refused for capacity although the ledger admitted it. Releases the shard's hold and
-        learns a lower limit. True when nothing else was held: the shard alone is over the real cap."""
-        hold = self.holds.pop(holder_id(job_id, shard), None)
-        asked = hold.tokens if hold else 0
+    def _recently_accepted(self, now: datetime) -> int:
+        if self.accepted_at is None or (now - self.accepted_at).total_seconds() > ACCEPTED_MEMORY_SECONDS:
+            return 0
+        return self.accepted_alone
+
+    def refused(self, job_id: str, shard: int, reservation: str | None, tokens: int, now: datetime) -> bool:
+        """A create of `tokens` was refused for capacity although the ledger admitted it. Releases the
+        shard's hold (if it is still this reservation's) and learns a lower limit. True when nothing else was
+        held and the provider has not accepted a batch this large alone recently: the shard is over the
+        real cap (split it). Refused alone at a size it took recently, the cap is shared with others in the
+        project: the ledger only holds off a while."""
+        hold = self._hold_of(job_id, shard, reservation)
+        if hold is not None:
+            del self.holds[holder_id(job_id, shard)]
         others = self.tokens_held
         self.refusals += 1
         self.updated_at = now
         self.raised_at = now
         self.refused_at = now
         if others == 0:
-            self.learned_limit = max(MIN_LIMIT, asked // 2)
+            if 0 < tokens <= self._recently_accepted(now):
+                self.hold_off_until = now + timedelta(seconds=HOLD_OFF_SECONDS)
+                self.accepted_alone //= 2
+                return False
+            self.learned_limit = max(MIN_LIMIT, tokens // 2)
             self.splits += 1
             return True
         self.learned_limit = max(MIN_LIMIT, others)
-        self.ceiling = others + asked
+        self.ceiling = others + tokens
         self.ceiling_until = now + timedelta(seconds=CEILING_SECONDS)
         return False
 
-    def rate_limited(self, job_id: str, shard: int, now: datetime, seconds: float) -> None:
+    def rate_limited(self, job_id: str, shard: int, reservation: str | None, now: datetime, seconds: float) -> None:
         """A create was refused with a Retry-After: a rate limit, not the cap. Release the shard's hold and
         ask nothing more until then; the limit stays as it is."""
-        self.holds.pop(holder_id(job_id, shard), None)
+        if self._hold_of(job_id, shard, reservation) is not None:
+            del self.holds[holder_id(job_id, shard)]
         self.refusals += 1
         self.hold_off_until = now + timedelta(seconds=seconds)
         self.updated_at = now
@@ -193,13 +240,13 @@ class Ledger(BaseModel):
         self.splits += 1
         self.updated_at = now
 
-    # -- release ------------------------------------------------------------------------------
+    # -- release (each names the reservation: a stale release frees nothing) -----------------------
 
-    def batch_ended(self, job_id: str, shard: int, now: datetime, *, keep_files: bool = True) -> None:
-        """The shard's batch ended (any terminal state) or was proven never made: its tokens and batch slot
-        are free. Its file bytes stay held until its files are deleted, unless `keep_files` is False."""
-        key = holder_id(job_id, shard)
-        hold = self.holds.get(key)
+    def batch_ended(self, job_id: str, shard: int, reservation: str | None, now: datetime, *,
+                    keep_files: bool = True) -> None:
+        """The shard's batch ended (any terminal state): its tokens and batch slot are free. Its file bytes
+        stay held until its files are deleted, unless `keep_files` is False."""
+        hold = self._hold_of(job_id, shard, reservation)
         if hold is None:
             return
         if hold.tokens:
@@ -207,32 +254,39 @@ class Ledger(BaseModel):
         hold.tokens = 0
         hold.batch = False
         if not keep_files or hold.file_bytes == 0:
-            del self.holds[key]
+            del self.holds[holder_id(job_id, shard)]
         self.updated_at = now
 
-    def release(self, job_id: str, shard: int, now: datetime) -> None:
+    def release(self, job_id: str, shard: int, reservation: str | None, now: datetime) -> None:
         """Everything the shard holds is free (its files are deleted, or it never got a batch)."""
-        hold = self.holds.pop(holder_id(job_id, shard), None)
-        if hold is not None and hold.tokens:
-            self._note_finished(hold.tokens, now)
-        self.updated_at = now
-
-    def files_kept_until(self, job_id: str, shard: int, expiry: datetime, now: datetime) -> None:
-        """The shard is done but the provider keeps its files (they expire on their own): hold their bytes
-        until then; `expire` frees them."""
-        hold = self.holds.get(holder_id(job_id, shard))
+        hold = self._hold_of(job_id, shard, reservation)
         if hold is None:
             return
+        del self.holds[holder_id(job_id, shard)]
         if hold.tokens:
             self._note_finished(hold.tokens, now)
-        hold.tokens, hold.batch, hold.expires_at = 0, False, expiry
+        self.updated_at = now
+
+    def files_kept_until(self, job_id: str, shard: int, reservation: str | None, expiry: datetime,
+                         now: datetime) -> None:
+        """The shard is done but the provider keeps its files (they expire on their own): their bytes stay
+        counted, in the bucket of the hour they expire, until `expire` frees them."""
+        hold = self._hold_of(job_id, shard, reservation)
+        if hold is None:
+            return
+        del self.holds[holder_id(job_id, shard)]
+        if hold.tokens:
+            self._note_finished(hold.tokens, now)
+        if hold.file_bytes:
+            bucket = (expiry.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)).isoformat()
+            self.kept_files[bucket] = self.kept_files.get(bucket, 0) + hold.file_bytes
         self.updated_at = now
 
     def expire(self, now: datetime) -> int:
-        """Free the holds whose files the provider has deleted by now; returns how many."""
-        gone = [key for key, hold in self.holds.items() if hold.expires_at is not None and hold.expires_at <= now]
-        for key in gone:
-            del self.holds[key]
+        """Free the kept files' bytes whose hour has passed; returns how many hours were freed."""
+        gone = [hour for hour in self.kept_files if datetime.fromisoformat(hour) <= now]
+        for hour in gone:
+            del self.kept_files[hour]
         if gone:
             self.updated_at = now
         return len(gone)

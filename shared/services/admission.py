@@ -50,38 +50,36 @@ def admit(ctx: Context, key: str, *, inline: bool) -> int:
     now = ctx.clock()
     admitted: list[tuple[str, int]] = []
     for shard in ctx.jobs.waiting_shards(key, ctx.settings.admit_max_per_tick):
-        def reserve(ledger: Ledger, shard: Shard = shard) -> Admission:
+        def reserve(ledger: Ledger, shard: Shard = shard) -> tuple[Admission, str | None]:
             configure_ledger(ledger, ctx, capabilities)
             return ledger.admit(shard.job_id, shard.index, shard.estimated_tokens, shard.file_bytes,
                                 shard.fair_key, now, splittable=shard.request_count > 1)
 
-        _, result = ctx.ledgers.update(key, reserve)
+        _, (result, reservation) = ctx.ledgers.update(key, reserve)
         if result == Admission.WAIT:
             break
         if result == Admission.TOO_LARGE:
             ctx.ledgers.update(key, lambda ledger, t=shard.estimated_tokens: ledger.too_large(t, now))
             split_shard(ctx, shard)
             continue
-        if _mark_creating(ctx, shard):
+        if _mark_creating(ctx, shard, reservation):
             admitted.append((shard.job_id, shard.index))
         else:  # it moved meanwhile (cancelled, admitted by another worker): free what was reserved for it
-            stored = ctx.jobs.get_shard(shard.job_id, shard.index)
-            if stored is None or not stored.reserved:
-                release_capacity(ctx, shard)
+            release_capacity(ctx, shard.model_copy(update={"reservation": reservation}))
     if admitted:
         log.info("admitted shards", ledger=key, shards=len(admitted))
         _create(ctx, admitted, inline=inline)
     return len(admitted)
 
 
-def _mark_creating(ctx: Context, shard: Shard) -> bool:
+def _mark_creating(ctx: Context, shard: Shard, reservation: str | None) -> bool:
     now = ctx.clock()
 
     def mark(stored: Shard) -> bool:
         if stored.state != ShardState.STAGED:
             return False
         stored.move_to(ShardState.CREATING, now)
-        stored.reserved = True
+        stored.reservation = reservation
         stored.create_started_at = None
         # Due when a creator should long have finished: the poller then creates it (or recovers it).
         stored.next_poll_at = now + timedelta(seconds=ctx.settings.lease_seconds)
@@ -134,7 +132,7 @@ def split_shard(ctx: Context, shard: Shard) -> bool:
             "records_uri": paths.split_records(shard.index, n), "request_count": t.rows,
             "request_bytes": t.request_bytes, "record_bytes": t.record_bytes, "estimated_tokens": t.tokens,
             "file_bytes": t.request_bytes + result_bytes * t.rows // max(shard.request_count, 1),
-            "fair_key": shard.fair_key + (first.tokens if n else 0), "reserved": False, "batch_name": None,
+            "fair_key": shard.fair_key + (first.tokens if n else 0), "reservation": None, "batch_name": None,
             "input_ref": None, "create_started_at": None, "next_poll_at": None, "lease_owner": None,
             "lease_until": None, "created_at": now, "updated_at": now, "provider_error": None,
         })

@@ -38,6 +38,7 @@ from shared.services.records import staged_items
 __all__ = [
     "adopt",
     "batch_display_name",
+    "cancel_strays",
     "close_shard",
     "create_batch_for",
     "provider_of",
@@ -52,12 +53,14 @@ log = get_logger(__name__)
 RECOVERY_MARGIN = timedelta(minutes=10)
 #: Time a create call needs beyond its HTTP timeout (connection set-up, our own saves around it).
 CREATE_SLACK_SECONDS = 30.0
+#: Seconds the ledger asks nothing after an upload refused for storage (results files fill it for 48 h).
+UPLOAD_HOLD_OFF = 300.0
 _DISPLAY_BASE_MAX = 80
 _PREFERENCE = {ProviderState.SUCCEEDED: 0, ProviderState.RUNNING: 1, ProviderState.PENDING: 2}
 
 
 def provider_of(ctx: Context, shard: Shard) -> BatchProvider:
-    return ctx.provider_for(shard.ledger.split("~", 1)[0])
+    return ctx.provider_for(shard.provider or shard.ledger.split("~", 1)[0])
 
 
 def batch_display_name(job: Job, shard: Shard) -> str:
@@ -101,13 +104,15 @@ def release_capacity(ctx: Context, shard: Shard, *, batch_only: bool = False) ->
     """Give back what the shard holds in its ledger: its batch and tokens, and unless `batch_only` its
     files' bytes too. Idempotent; called after the shard's own move is stored (so a crash in between leaks
     capacity, which reconciliation reclaims, and never over-commits it)."""
+    if not shard.ledger or shard.reservation is None:
+        return  # it holds nothing (a held shard, or one never admitted)
     now = ctx.clock()
 
     def free(ledger: Ledger) -> None:
         if batch_only:
-            ledger.batch_ended(shard.job_id, shard.index, now)
+            ledger.batch_ended(shard.job_id, shard.index, shard.reservation, now)
         else:
-            ledger.release(shard.job_id, shard.index, now)
+            ledger.release(shard.job_id, shard.index, shard.reservation, now)
 
     ctx.ledgers.update(shard.ledger, free)
 
@@ -180,7 +185,7 @@ def create_batch_for(ctx: Context, job_id: str, index: int) -> str:
         if shard.state != ShardState.CREATING:
             return "not_creating"
         job = ctx.jobs.get(job_id)
-        if job is None or job.terminal or job.cancel_requested or job.past_deadline(ctx.clock()):
+        if job is None or job.terminal or job.stopping or job.past_deadline(ctx.clock()):
             return _stand_down(ctx, shard, job)
         provider = provider_of(ctx, shard)
         if shard.create_started_at is not None:  # a create may have been made for this attempt
@@ -188,8 +193,11 @@ def create_batch_for(ctx: Context, job_id: str, index: int) -> str:
             if found is not None:
                 return _record(ctx, provider, job, shard, found, "recovered")
         if shard.input_ref is None:
-            shard.input_ref, _ = provider.prepare_input(staged_items(ctx, shard.records_uri), job.options,
-                                                        batch_display_name(job, shard))
+            try:
+                shard.input_ref, _ = provider.prepare_input(staged_items(ctx, shard.records_uri), job.options,
+                                                            batch_display_name(job, shard))
+            except CapacityExhausted as exc:  # file storage full: nothing was made, the token cap is not news
+                return _refused(ctx, shard, CapacityExhausted(exc.message, retry_after=exc.retry_after or UPLOAD_HOLD_OFF))
         shard.create_started_at = ctx.clock()
         save_shard(ctx, shard)  # the intent, and a renewed lease
         needed = ctx.settings.gemini_timeout_seconds + CREATE_SLACK_SECONDS
@@ -235,16 +243,35 @@ def _record(ctx: Context, provider: BatchProvider, job: Job, shard: Shard, batch
                         batch=batch.name)
             try:
                 stop_batch(ctx, provider, batch.name)
-            except TransientError:  # whoever holds the shard now looks for strays by its tag at the end
-                ctx.jobs.update_shard(shard.job_id, shard.index, lambda s: setattr(s, "uncertain_create", True))
+            except TransientError:  # named on the shard, due now: its next poll (or the stop) cancels it
+                ctx.jobs.update_shard(shard.job_id, shard.index, lambda s: _note_stray(s, batch.name, now))
                 raise
         raise
-    ctx.ledgers.update(shard.ledger, lambda ledger: ledger.created(now))
+    ctx.ledgers.update(shard.ledger, lambda ledger: ledger.created(shard.job_id, shard.index, shard.reservation, now))
     if job.first_admitted_at is None:
         _note_admitted(ctx, job.job_id, now)
     log.info(f"batch {what}", job_id=job.job_id, shard=shard.index, batch=batch.name, requests=shard.request_count,
              tokens=shard.estimated_tokens)
+    if batch.terminal:  # recovered after it ended: it ends now, as a poll would have seen it
+        from shared.services.poll import batch_ended  # the end of a batch lives with polling
+        batch_ended(ctx, shard)
     return what
+
+
+def _note_stray(shard: Shard, name: str, now: datetime) -> None:
+    if name not in shard.strays:
+        shard.strays.append(name)
+    shard.next_poll_at = min(shard.next_poll_at or now, now)
+
+
+def cancel_strays(ctx: Context, shard: Shard) -> None:
+    """Cancel the batches named stray on the shard, then forget them (a failed cancel raises: they stay)."""
+    provider = provider_of(ctx, shard)
+    for name in shard.strays:
+        log.warning("cancelling a batch its creator could not", shard=shard.index, batch=name)
+        stop_batch(ctx, provider, name)
+    done = set(shard.strays)
+    ctx.jobs.update_shard(shard.job_id, shard.index, lambda s: setattr(s, "strays", [n for n in s.strays if n not in done]))
 
 
 def _note_admitted(ctx: Context, job_id: str, now: datetime) -> None:
@@ -260,17 +287,20 @@ def _refused(ctx: Context, shard: Shard, exc: CapacityExhausted) -> str:
     now = ctx.clock()
     if shard.input_ref:  # the ledger frees its bytes with the hold: do not keep it at the provider
         _delete_input(ctx, shard)
+    reservation = shard.reservation
     shard.input_ref = None
     shard.create_started_at = None
-    shard.reserved = False
+    shard.reservation = None
     shard.move_to(ShardState.STAGED, now)
     shard.next_poll_at = None
     save_shard(ctx, shard, last=True)
     if exc.retry_after is not None:  # a rate limit says when: wait that long, learn nothing about the cap
-        ctx.ledgers.update(shard.ledger, lambda ledger: ledger.rate_limited(shard.job_id, shard.index, now, exc.retry_after))
+        ctx.ledgers.update(shard.ledger, lambda ledger: ledger.rate_limited(
+            shard.job_id, shard.index, reservation, now, exc.retry_after))
         log.warning("create rate-limited: the shard waits", shard=shard.index, retry_after=exc.retry_after)
         return "rate_limited"
-    _, alone = ctx.ledgers.update(shard.ledger, lambda ledger: ledger.refused(shard.job_id, shard.index, now))
+    _, alone = ctx.ledgers.update(shard.ledger, lambda ledger: ledger.refused(
+        shard.job_id, shard.index, reservation, shard.estimated_tokens, now))
     log.warning("create refused for capacity: the shard waits", shard=shard.index, tokens=shard.estimated_tokens,
                 alone=alone, error=exc.message)
     if alone:
@@ -291,9 +321,12 @@ def _stand_down(ctx: Context, shard: Shard, job: Job | None) -> str:
             batch = found.name
             if not found.terminal:
                 stop_batch(ctx, provider, found.name)
-    cancelled = job is not None and job.cancel_requested
-    error = ErrorInfo(code="CANCELLED", message="the job was cancelled") if cancelled else \
-        ErrorInfo(code="DEADLINE_EXCEEDED", message="the job ended or passed its deadline")
+    if job is not None and job.failing is not None:
+        error = job.failing
+    elif job is not None and job.cancel_requested:
+        error = ErrorInfo(code="CANCELLED", message="the job was cancelled")
+    else:
+        error = ErrorInfo(code="DEADLINE_EXCEEDED", message="the job ended or passed its deadline")
     if abandon_shard(ctx, shard, error, owner=ctx.owner, states=[ShardState.CREATING], batch=batch):
         messages.finish_job(ctx, shard.job_id)
     return "stood_down"

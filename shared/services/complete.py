@@ -57,8 +57,8 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
         job = ctx.jobs.get(job_id)
         if job is None:
             return "no_job"
-        if job.terminal or job.cancel_requested:
-            return "job_ended"  # cancel abandons its shards
+        if job.terminal or job.stopping:
+            return "job_ended"  # the stop abandons its shards
         try:
             output = write_shard_output(ctx, paths_of(ctx, job), shard, job.options.output_dimensionality,
                                         reuse=job.options.reuse)
@@ -73,6 +73,7 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
         def move(stored_job: Job, stored: Shard) -> bool:
             if stored.lease_owner != ctx.owner or stored.state != ShardState.SUCCEEDED:
                 raise LeaseLost(f"shard {job_id}/{index} was taken over while its results were written")
+            moved.append(index)
             stored.move_to(ShardState.WRITTEN, now)
             stored.output = output
             stored.succeeded, stored.failed = output.succeeded, output.failed
@@ -82,14 +83,33 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
             stored.lease_owner = stored.lease_until = None
             return True
 
-        _, last = close_shard(ctx, job_id, index, move, carried=output.failed if follow_up else 0,
-                              added=[follow_up] if follow_up else None)
+        moved: list[int] = []
+        try:
+            _, last = close_shard(ctx, job_id, index, move, carried=output.failed if follow_up else 0,
+                                  added=[follow_up] if follow_up else None)
+        finally:
+            if not moved:
+                _discard_late_writes(ctx, job_id, index)
+        if not moved:
+            return "already_written"
     log.info("shard written", shard=index, succeeded=output.succeeded, failed=output.failed,
              follow_up=follow_up is not None)
     _drop_results(ctx, shard)
     if follow_up is not None and not last:
         admit(ctx, shard.ledger, inline=True)
     return _finish(ctx, job_id, last, "written")
+
+
+def _discard_late_writes(ctx: Context, job_id: str, index: int) -> None:
+    """Another worker wrote the shard while this one did (its lease lapsed): the output files are the same
+    bytes under the same names, but the staging files this one wrote may have landed after the job ended
+    and dropped its staging. Then they are this worker's to delete."""
+    job = ctx.jobs.get(job_id)
+    if job is None or not job.terminal:
+        return  # the same files the shard's writer made, still in use; the job drops them at its end
+    paths = paths_of(ctx, job)
+    for uri in (paths.failed_items(index), paths.index_part(index), paths.follow_up_records(index)):
+        ctx.blobs.delete(uri)
 
 
 def _follow_up(ctx: Context, job: Job, shard: Shard, failed: int, failed_uri: str | None) -> Shard | None:
@@ -109,7 +129,8 @@ def _follow_up(ctx: Context, job: Job, shard: Shard, failed: int, failed_uri: st
         item_attempt=shard.item_attempt + 1, records_uri=uri, request_count=totals.rows,
         request_bytes=totals.request_bytes, record_bytes=totals.record_bytes, estimated_tokens=totals.tokens,
         file_bytes=totals.request_bytes + result_bytes * totals.rows // max(shard.request_count, 1),
-        ledger=shard.ledger, priority=shard.priority, fair_key=shard.fair_key, created_at=now, updated_at=now,
+        provider=shard.provider, ledger=shard.ledger, priority=shard.priority, fair_key=shard.fair_key,
+        created_at=now, updated_at=now,
     )
 
 
@@ -127,7 +148,7 @@ def _drop_results(ctx: Context, shard: Shard) -> None:
     else:
         now = ctx.clock()
         ctx.ledgers.update(shard.ledger, lambda ledger: ledger.files_kept_until(
-            shard.job_id, shard.index, now + RESULTS_KEPT, now))
+            shard.job_id, shard.index, shard.reservation, now + RESULTS_KEPT, now))
 
 
 def _finish(ctx: Context, job_id: str, last: bool, step: str) -> str:

@@ -59,11 +59,11 @@ def finish_job(ctx: Context, job_id: str) -> str:
             return "already_ended"
         if job.state != JobState.COMPLETING:
             return "not_ready"
-        if job.cancel_requested:
-            from shared.services.cancel import cancel_held  # cancel ends jobs through this module
+        if job.stopping:
+            from shared.services.cancel import stop_held  # cancel ends jobs through this module
 
-            cancel_held(ctx, job)
-            return "cancelled"
+            stop_held(ctx, job)
+            return "stopped"
         finalize(ctx, job)
         return job.state.value.lower()
 

@@ -138,7 +138,7 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int, *
                           cache=ctx.cache if reuse and not cached else None)
     done: set[str] = set()  # keys with a result, good or failed
     with writer:
-        results = _cached_results(ctx, shard) if cached else ctx.provider_for(shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name)
+        results = _cached_results(ctx, shard) if cached else ctx.provider_for(shard.provider or shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name)
         for result in results:
             item = records.get(result.key)
             if item is None or result.key in done:

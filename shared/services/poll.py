@@ -45,13 +45,14 @@ from shared.services.admission import admit
 from shared.services.batches import (
     abandon_shard,
     adopt,
+    cancel_strays,
     create_batch_for,
     get_batch,
     provider_of,
     release_capacity,
     resolve_by_tag,
 )
-from shared.services.cancel import cancel_held, stop_shards
+from shared.services.cancel import stop_held, stop_shards
 from shared.services.context import Context
 from shared.services.finish import end_job, finalize, publish_completion
 from shared.services.leasing import LeaseHeld, leased, save
@@ -170,20 +171,17 @@ def _count(summary: PollSummary, step: str) -> None:
 def poll_shard(ctx: Context, shard: Shard) -> str:
     """Move one due shard (as the tick read it) one step; returns what was done."""
     now = ctx.clock()
+    if shard.strays:  # no lease needed: a cancel is idempotent; the shard stays due for its own step
+        cancel_strays(ctx, shard)
+        return "strays_cancelled"
     if shard.leased_by_other(ctx.owner, now) and shard.state != ShardState.CREATING:
         return "skipped"
     if shard.state == ShardState.CREATING:
         return create_batch_for(ctx, shard.job_id, shard.index)
     if shard.state in SHARD_IN_FLIGHT and shard.batch_name:
         return _refresh(ctx, shard, get_batch(ctx, shard))
-    if shard.state == ShardState.SUCCEEDED:
-        shard.next_poll_at = now + timedelta(minutes=ctx.settings.complete_stale_minutes)
-        if not ctx.jobs.replace_shard_if_unchanged(shard):
-            return "skipped"
-        messages.write_shard(ctx, shard.job_id, shard.index)
-        return "handed_to_complete"
-    if shard.state in SHARD_PROVIDER_ENDED:
-        return _retry_or_abandon(ctx, shard)
+    if shard.state == ShardState.SUCCEEDED or shard.state in SHARD_PROVIDER_ENDED:
+        return batch_ended(ctx, shard)  # again (its end's handling was interrupted, or its write is stale)
     shard.next_poll_at = None  # nothing to look after (waiting for capacity, or final)
     ctx.jobs.replace_shard_if_unchanged(shard)
     return "unchanged"
@@ -206,34 +204,34 @@ def _refresh(ctx: Context, shard: Shard, batch: ProviderBatch) -> str:
         if not ctx.jobs.replace_shard_if_unchanged(shard):
             return "skipped"
         return "progressed" if (shard.state, shard.succeeded, shard.failed, shard.pending) != before else "unchanged"
-    return batch_ended(ctx, shard, batch)
+    return batch_ended(ctx, shard)
 
 
-def batch_ended(ctx: Context, shard: Shard, batch: ProviderBatch) -> str:
-    """The shard's batch reached a terminal state (seen by a poll or a webhook, adopted on `shard`): store
-    that, free its batch's capacity, and take the next step."""
+def batch_ended(ctx: Context, shard: Shard) -> str:
+    """The shard's batch reached a terminal state (seen by a poll, a webhook or a recovery, adopted on
+    `shard`): store that, delete its input, free its batch's capacity, and take the next step. Idempotent:
+    a shard seen ended again (an interrupted pass, a stale write) goes through it again harmlessly."""
     now = ctx.clock()
     if shard.uncertain_create:
         resolve_by_tag(ctx, provider_of(ctx, shard), shard, keep=False)  # a stray second batch, if any
-    if batch.state == ProviderState.SUCCEEDED:
-        shard.next_poll_at = now + timedelta(minutes=ctx.settings.complete_stale_minutes)
-        if not ctx.jobs.replace_shard_if_unchanged(shard):
-            return "skipped"
-        _ended(ctx, shard, keep_files=True)
-        messages.write_shard(ctx, shard.job_id, shard.index)
-        return "handed_to_complete"
-    shard.next_poll_at = now
+        shard.uncertain_create = False
+    succeeded = shard.state == ShardState.SUCCEEDED
+    input_ref, shard.input_ref = shard.input_ref, None
+    shard.next_poll_at = now + timedelta(minutes=ctx.settings.complete_stale_minutes) if succeeded else now
     if not ctx.jobs.replace_shard_if_unchanged(shard):
         return "skipped"
-    _ended(ctx, shard, keep_files=False)
+    _ended(ctx, shard, input_ref, keep_files=succeeded)
+    if succeeded:
+        messages.write_shard(ctx, shard.job_id, shard.index)
+        return "handed_to_complete"
     return _retry_or_abandon(ctx, shard)
 
 
-def _ended(ctx: Context, shard: Shard, *, keep_files: bool) -> None:
+def _ended(ctx: Context, shard: Shard, input_ref: str | None, *, keep_files: bool) -> None:
     """After the shard's move is stored: delete its input, free its batch's capacity, admit the queue."""
-    if shard.input_ref:
+    if input_ref:
         try:
-            provider_of(ctx, shard).delete_input(shard.input_ref)
+            provider_of(ctx, shard).delete_input(input_ref)
         except Exception:  # noqa: BLE001 - inputs expire on their own
             log.warning("could not delete a batch input", shard=shard.index, exc_info=True)
     release_capacity(ctx, shard, batch_only=keep_files)
@@ -248,14 +246,15 @@ def _retry_or_abandon(ctx: Context, shard: Shard) -> str:
     (a new batch attempt: a new tag), else it is abandoned."""
     now = ctx.clock()
     job = ctx.jobs.get(shard.job_id)
-    stopping = job is None or not job.active or job.cancel_requested or job.past_deadline(now)
+    stopping = job is None or not job.active or job.stopping or job.past_deadline(now)
     if shard.batch_attempts < ctx.settings.max_batch_attempts and not stopping:
         log.warning("retrying a batch the provider ended without results", state=shard.state.value,
                     attempt=shard.batch_attempts)
         shard.move_to(ShardState.STAGED, now)
         shard.batch_attempts += 1
         shard.batch_name = shard.input_ref = shard.create_started_at = None
-        shard.reserved = shard.uncertain_create = False
+        shard.reservation = None
+        shard.uncertain_create = False
         shard.next_poll_at = None
         if not ctx.jobs.replace_shard_if_unchanged(shard):
             return "skipped"
@@ -288,7 +287,7 @@ def poll_job(ctx: Context, job: Job) -> str:
     now = ctx.clock()
     if job.leased_by_other(ctx.owner, now):
         return "skipped"
-    if job.terminal or job.cancel_requested or (job.active and job.past_deadline(now)):
+    if job.terminal or job.stopping or (job.active and job.past_deadline(now)):
         return _under_lease(ctx, job.job_id)
     if job.state == JobState.SUBMITTING:
         return _reschedule(ctx, job, now, ctx.settings.submit_stale_minutes, messages.stage_job, "handed_to_stage")
@@ -301,6 +300,9 @@ def poll_job(ctx: Context, job: Job) -> str:
     if job.state == JobState.COMPLETING:
         messages.finish_job(ctx, job.job_id)
         return "handed_to_complete"
+    if job.staging.held and not job.staging.opened:  # putting its shards in the queue was interrupted
+        messages.stage_job(ctx, job.job_id)
+        return "handed_to_stage"
     return "unchanged"
 
 
@@ -323,16 +325,18 @@ def _under_lease(ctx: Context, job_id: str) -> str:
         if job.terminal:
             publish_completion(ctx, job)
             return "event_published"
-        if job.cancel_requested:
-            return "cancelled" if cancel_held(ctx, job) else "cancelling"
+        if job.stopping:
+            return "stopped" if stop_held(ctx, job) else "stopping"
         if job.state == JobState.COMPLETING:
             if job.deadline_at is not None and now >= job.deadline_at + COMPLETION_GRACE:
                 end_job(ctx, job, JobState.FAILED, error=ErrorInfo(
                     code="COMPLETION_FAILED", message="the results could not be written in time" + _last(job)))
                 return "failed_overdue"
-            return "completing"
+            finalize(ctx, job)  # its finish message may be lost: past its deadline no reschedule sends another
+            return "finished"
         error = ErrorInfo(code="DEADLINE_EXCEEDED", message="the job passed its deadline")
-        if not stop_shards(ctx, job, error):
+        ready_kept = job.deadline_at is not None and now < job.deadline_at + COMPLETION_GRACE
+        if not stop_shards(ctx, job, error, keep_ready=ready_kept):
             return "stopping"
         if job.state == JobState.SUBMITTING or job.counts.total == 0:
             end_job(ctx, job, JobState.FAILED, error=ErrorInfo(

@@ -3,7 +3,8 @@
 - Capacity held by nobody (`reconcile_ledger`): a worker that died between reserving capacity and moving
   its shard, or between moving a shard and releasing, leaves a hold no one will release. Holds older than a
   lease are checked against their shard's state (a few per tick): what the shard no longer needs is freed.
-  Holds of files the provider keeps are freed when those files expire.
+  Each verdict names the reservation it judged, so a hold re-admitted meanwhile is never freed. Bytes of
+  files the provider keeps are freed when those files expire.
 - Uploads without a job (`reconcile_inputs`): a finalize event can be lost to a burst (retries used up,
   dead-lettered). Each tick lists one page of the input prefix, resuming after the last name seen (the
   listing wraps around the bucket over many ticks), and submits every object uploaded between
@@ -14,7 +15,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from shared.domain.jobs import (
     SHARD_HOLDS_TOKENS,
@@ -46,22 +47,23 @@ def reconcile_ledger(ctx: Context, key: str) -> int:
         return 0
     now = ctx.clock()
     stale = now - timedelta(seconds=ctx.settings.lease_seconds)
-    suspects = [h for h in ledger.holds.values() if h.since <= stale and h.expires_at is None][:_CHECKS_PER_TICK]
+    suspects = [h for h in ledger.holds.values() if h.since <= stale][:_CHECKS_PER_TICK]
     # The tick holds no provider credential: a written shard's results are counted until they expire.
-    verdicts = {(h.job_id, h.shard): _verdict(h, ctx.jobs.get_shard(h.job_id, h.shard)) for h in suspects}
-    expiring = any(h.expires_at is not None and h.expires_at <= now for h in ledger.holds.values())
-    if not expiring and not any(v != "keep" for v in verdicts.values()):
+    verdicts = [(h, _verdict(h, ctx.jobs.get_shard(h.job_id, h.shard))) for h in suspects]
+    expiring = any(datetime.fromisoformat(hour) <= now for hour in ledger.kept_files)
+    if not expiring and not any(v != "keep" for _, v in verdicts):
         return 0
 
     def fix(stored: Ledger) -> int:
+        # Each verdict names the reservation it judged: a hold re-admitted since is left alone.
         fixed = stored.expire(now)
-        for (job_id, index), verdict in verdicts.items():
+        for hold, verdict in verdicts:
             if verdict == "release":
-                stored.release(job_id, index, now)
+                stored.release(hold.job_id, hold.shard, hold.reservation, now)
             elif verdict == "batch_ended":
-                stored.batch_ended(job_id, index, now)
+                stored.batch_ended(hold.job_id, hold.shard, hold.reservation, now)
             elif verdict == "files_expire":
-                stored.files_kept_until(job_id, index, now + RESULTS_KEPT, now)
+                stored.files_kept_until(hold.job_id, hold.shard, hold.reservation, now + RESULTS_KEPT, now)
             fixed += verdict != "keep"
         return fixed
 
@@ -72,7 +74,7 @@ def reconcile_ledger(ctx: Context, key: str) -> int:
 
 
 def _verdict(hold: Hold, shard: Shard | None) -> str:
-    if shard is None or not shard.reserved or shard.state in (ShardState.STAGED, ShardState.ABANDONED,
+    if shard is None or shard.reservation != hold.reservation or shard.state in (ShardState.STAGED, ShardState.ABANDONED,
                                                               ShardState.SPLIT) or shard.state in SHARD_PROVIDER_ENDED:
         return "release"
     if shard.state in SHARD_HOLDS_TOKENS:

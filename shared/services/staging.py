@@ -171,7 +171,8 @@ def _checkpoint(ctx: Context, job: Job, paths: JobPaths, segment: _Segment, capa
                 records_uri=paths.input_records(segment.number), request_count=totals.rows,
                 request_bytes=totals.request_bytes, record_bytes=totals.record_bytes,
                 file_bytes=totals.request_bytes + provider.result_bytes(totals.rows, options.output_dimensionality),
-                estimated_tokens=totals.tokens, ledger="" if held else capabilities.ledger_key,
+                estimated_tokens=totals.tokens, provider=options.provider,
+                ledger="" if held else capabilities.ledger_key,
                 priority=options.priority, fair_key=stored.staging.fair_start + stored.staging.tokens,
                 created_at=now, updated_at=now,
             ))

@@ -24,7 +24,7 @@ from shared.errors import NotFound
 from shared.logging import bind, get_logger
 from shared.services import messages
 from shared.services.admission import admit, configure_ledger
-from shared.services.cancel import cancel_held, stop_shards
+from shared.services.cancel import stop_held
 from shared.services.context import Context
 from shared.services.finish import end_job, finalize, publish_completion
 from shared.services.leasing import leased, save
@@ -92,11 +92,10 @@ def resume_submission(ctx: Context, job_id: str) -> SubmitResult:
         done, failure = True, _options(ctx, job)
         if failure is None:
             done, failure = _stage(ctx, job) if not job.staging.done else (True, _check(job))
-        if failure is not None:
-            stop_shards(ctx, job, failure)
-            save(ctx, job)
-            end_job(ctx, job, JobState.FAILED, error=failure)
+        if failure is not None:  # its shards are stopped, now or by a later pass, then it ends FAILED
+            job.failing = failure
             log.warning(f"job failed: {failure.message}", code=failure.code)
+            stop_held(ctx, job)
             return SubmitResult(SubmitOutcome.FAILED, job_id, reason=failure.message)
         if not done:  # the time budget ran out: the next invocation reads on from the checkpoint
             job.next_poll_at = ctx.clock() + timedelta(minutes=ctx.settings.submit_stale_minutes)
@@ -120,10 +119,13 @@ def _settled(ctx: Context, job: Job) -> SubmitResult | None:
         publish_completion(ctx, job)
         return SubmitResult(SubmitOutcome.ALREADY_DONE, job.job_id, reason=job.state.value)
     if job.state != JobState.SUBMITTING:
+        if job.staging.held and not job.staging.opened and not job.stopping:  # opening them was interrupted
+            _open_to_queue(ctx, job)
+            admit(ctx, job.ledger, inline=True)
         return SubmitResult(SubmitOutcome.ALREADY_DONE, job.job_id, reason=job.state.value)
-    if job.cancel_requested:
-        cancel_held(ctx, job)
-        return SubmitResult(SubmitOutcome.FAILED, job.job_id, reason="cancelled")
+    if job.stopping:
+        stop_held(ctx, job)
+        return SubmitResult(SubmitOutcome.FAILED, job.job_id, reason=job.failing.message if job.failing else "cancelled")
     return None
 
 
@@ -150,10 +152,11 @@ def _stage(ctx: Context, job: Job) -> tuple[bool, ErrorInfo | None]:
     if job.source.size == 0:
         return True, ErrorInfo(code="EMPTY_INPUT", message=f"{job.source.uri} is empty (0 bytes): there is nothing to embed")
     job.staging.invocations += 1
+    job.staging.held = job.options.on_bad_record == OnBadRecord.FAIL
     save(ctx, job)
     try:
         outcome = stage_input(ctx, job, ctx.capabilities(job.options.provider, job.options.model),
-                              held=job.options.on_bad_record == OnBadRecord.FAIL)
+                              held=job.staging.held)
     except NotFound:
         return True, ErrorInfo(code="SOURCE_NOT_FOUND", message=(
             f"{job.source.uri} generation {job.source.generation} was deleted or replaced before it could be read"))
@@ -181,9 +184,12 @@ def _check(job: Job) -> ErrorInfo | None:
 
 
 def _open_to_queue(ctx: Context, job: Job) -> None:
-    """Shards staged held (on_bad_record=fail) join their ledger's queue now that the file read clean."""
-    if job.options.on_bad_record != OnBadRecord.FAIL:
+    """Shards staged held (on_bad_record=fail) join their ledger's queue now that the file read clean; the
+    job notes when all have (until then, any delivery for it, or the poller's heartbeat, opens the rest)."""
+    if not job.staging.held or job.staging.opened:
         return
     for shard in ctx.jobs.shards(job.job_id, states=[ShardState.STAGED.value]):
         if not shard.ledger:
             ctx.jobs.update_shard(job.job_id, shard.index, lambda s: setattr(s, "ledger", job.ledger))
+    job.staging.opened = True
+    save(ctx, job)

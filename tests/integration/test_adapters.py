@@ -210,8 +210,8 @@ def test_shard_conditional_writes_and_leases(repo):
     assert repo.replace_shard_if_unchanged(first)
     second.priority = 7
     assert not repo.replace_shard_if_unchanged(second)
-    stored, result = repo.update_shard("job-c", 0, lambda s: setattr(s, "reserved", True) or "done")
-    assert result == "done" and stored.reserved and repo.get_shard("job-c", 0).priority == 5
+    stored, result = repo.update_shard("job-c", 0, lambda s: setattr(s, "reservation", "r1") or "done")
+    assert result == "done" and stored.reservation == "r1" and repo.get_shard("job-c", 0).priority == 5
 
 
 def test_a_corrupt_document_is_a_permanent_error_naming_it(repo):
@@ -245,8 +245,9 @@ def test_ledgers_update_atomically_and_are_listed(ledgers):
         t.join()
     ledger = ledgers.get("gemini~m")
     assert ledger.tokens_held == 60 and len(ledger.holds) == 6 and ledgers.list_keys() == ["gemini~m"]
-    _, again = ledgers.update("gemini~m", lambda book: book.admit("job", 0, 10, 0, 0.0, NOW))
-    assert again == Admission.HELD
+    _, (again, reservation) = ledgers.update("gemini~m", lambda book: book.admit("job", 0, 10, 0, 0.0, NOW))
+    assert again == Admission.ADMITTED and ledgers.get("gemini~m").holds["job/0"].reservation == reservation
+    assert ledgers.get("gemini~m").tokens_held == 60, "an admission again replaces the shard's hold"
 
 
 def test_markers_and_batched_existence(repo):

@@ -218,9 +218,9 @@ def test_the_ledger_document_stays_under_firestores_limit_while_results_files_ar
     for n in range(7000):  # one shard every 24 s for two days
         now = start + timedelta(seconds=24 * n)
         job_id = f"job-{n:020x}"
-        book.admit(job_id, 0, 300, 20_000, 0.0, now)
-        book.batch_ended(job_id, 0, now)
-        book.files_kept_until(job_id, 0, now + timedelta(hours=48), now)
+        _, reservation = book.admit(job_id, 0, 300, 20_000, 0.0, now)
+        book.batch_ended(job_id, 0, reservation, now)
+        book.files_kept_until(job_id, 0, reservation, now + timedelta(hours=48), now)
         book.expire(now)
     size = firestore_size(orjson.loads(book.model_dump_json()))
     assert size < FIRESTORE_MAX_DOCUMENT, f"the ledger document is {size} bytes"

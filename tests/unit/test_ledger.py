@@ -14,6 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from shared.config import Settings
 from shared.domain.jobs import FINAL_SHARD_STATES, SHARD_HOLDS_TOKENS, ShardState, SourceObject
 from shared.domain.ledger import (
+    ACCEPTED_MEMORY_SECONDS,
     CEILING_SECONDS,
     HOLD_OFF_SECONDS,
     MIN_LIMIT,
@@ -31,103 +32,181 @@ from tests.fakes import Crash, FakeClock, make_context, mortal
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def ledger(limit: int | None = 100_000, batches: int | None = 10, files: int | None = None) -> Ledger:
-    book = Ledger(key="gemini~m")
-    book.configure(limit, batches, files)
-    return book
+class Book:
+    """A ledger driven as the pipeline drives it: each shard remembers the reservation its admission got."""
+
+    def __init__(self, limit: int | None = 100_000, batches: int | None = 10, files: int | None = None) -> None:
+        self.ledger = Ledger(key="gemini~m")
+        self.ledger.configure(limit, batches, files)
+        self.reservations: dict[int, str | None] = {}
+        self.asked: dict[int, int] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self.ledger, name)
+
+    def admit(self, shard: int, tokens: int, files: int, key: float, now: datetime, **kw) -> Admission:
+        self.asked[shard] = tokens
+        outcome, reservation = self.ledger.admit("j", shard, tokens, files, key, now, **kw)
+        if reservation is not None:
+            self.reservations[shard] = reservation
+        return outcome
+
+    def refused(self, shard: int, now: datetime) -> bool:
+        return self.ledger.refused("j", shard, self.reservations.get(shard), self.asked[shard], now)
+
+    def created(self, shard: int, now: datetime) -> None:
+        self.ledger.created("j", shard, self.reservations.get(shard), now)
+
+    def batch_ended(self, shard: int, now: datetime) -> None:
+        self.ledger.batch_ended("j", shard, self.reservations.get(shard), now)
+
+    def release(self, shard: int, now: datetime) -> None:
+        self.ledger.release("j", shard, self.reservations.get(shard), now)
+
+    def files_kept_until(self, shard: int, expiry: datetime, now: datetime) -> None:
+        self.ledger.files_kept_until("j", shard, self.reservations.get(shard), expiry, now)
+
+    def rate_limited(self, shard: int, now: datetime, seconds: float) -> None:
+        self.ledger.rate_limited("j", shard, self.reservations.get(shard), now, seconds)
 
 
 def test_admits_within_tokens_batches_and_files():
-    book = ledger(limit=100, batches=2, files=1000)
-    assert book.admit("j", 0, 60, 400, 0.0, NOW) == Admission.ADMITTED
-    assert book.admit("j", 0, 60, 400, 0.0, NOW) == Admission.HELD, "an interrupted admission is idempotent"
-    assert book.admit("j", 1, 50, 100, 1.0, NOW) == Admission.WAIT, "tokens"
-    assert book.admit("j", 1, 40, 700, 1.0, NOW) == Admission.WAIT, "file storage"
-    assert book.admit("j", 1, 40, 100, 1.0, NOW) == Admission.ADMITTED
-    assert book.admit("j", 2, 1, 1, 2.0, NOW) == Admission.WAIT, "batches"
-    assert book.admit("j", 3, 101, 1, 3.0, NOW) == Admission.TOO_LARGE
+    book = Book(limit=100, batches=2, files=1000)
+    assert book.admit(0, 60, 400, 0.0, NOW) == Admission.ADMITTED
+    first = book.reservations[0]
+    assert book.admit(0, 60, 400, 0.0, NOW) == Admission.ADMITTED, "an interrupted admission is replaced..."
+    assert book.reservations[0] != first and book.tokens_held == 60, "...under a new reservation, never twice"
+    assert book.admit(1, 50, 100, 1.0, NOW) == Admission.WAIT, "tokens"
+    assert book.admit(1, 40, 700, 1.0, NOW) == Admission.WAIT, "file storage"
+    assert book.admit(1, 40, 100, 1.0, NOW) == Admission.ADMITTED
+    assert book.admit(2, 1, 1, 2.0, NOW) == Admission.WAIT, "batches"
+    assert book.admit(3, 101, 1, 3.0, NOW) == Admission.TOO_LARGE
     assert (book.tokens_held, book.batches_held, book.file_bytes_held, book.virtual_time) == (100, 2, 500, 1.0)
 
 
+def test_a_release_naming_an_old_reservation_frees_nothing():
+    book = Book(limit=100)
+    book.admit(0, 60, 0, 0.0, NOW)
+    stale = book.reservations[0]
+    book.admit(0, 60, 0, 0.0, NOW)  # admitted again (its refusal's release had not landed yet)
+    book.ledger.release("j", 0, stale, NOW)
+    book.ledger.batch_ended("j", 0, stale, NOW)
+    assert book.refused(0, NOW) is True and book.tokens_held == 0, "the current reservation still frees it"
+    assert book.ledger.refused("j", 0, stale, 60, NOW) is True
+
+
 def test_a_batch_ending_frees_tokens_and_its_slot_then_deleting_files_frees_the_rest():
-    book = ledger(limit=100, batches=1)
-    book.admit("j", 0, 80, 300, 0.0, NOW)
-    book.batch_ended("j", 0, NOW + timedelta(seconds=10))
+    book = Book(limit=100, batches=1)
+    book.admit(0, 80, 300, 0.0, NOW)
+    book.batch_ended(0, NOW + timedelta(seconds=10))
     assert (book.tokens_held, book.batches_held, book.file_bytes_held) == (0, 0, 300)
-    assert book.admit("j", 1, 80, 0, 1.0, NOW) == Admission.ADMITTED
-    book.release("j", 0, NOW)
-    assert book.file_bytes_held == 0 and list(book.holds) == ["j/1"]
-    book.files_kept_until("j", 1, NOW + timedelta(hours=48), NOW)
-    assert book.expire(NOW + timedelta(hours=47)) == 0 and book.expire(NOW + timedelta(hours=48)) == 1
+    assert book.admit(1, 80, 500, 1.0, NOW) == Admission.ADMITTED
+    book.release(0, NOW)
+    assert book.file_bytes_held == 500 and list(book.holds) == ["j/1"]
+    book.files_kept_until(1, NOW + timedelta(hours=48), NOW)
+    assert not book.holds and book.file_bytes_held == 500, "kept files stay counted, outside the holds"
+    assert book.expire(NOW + timedelta(hours=48)) == 0 and book.expire(NOW + timedelta(hours=49)) == 1
+    assert book.file_bytes_held == 0
+
+
+def test_files_kept_by_the_provider_take_one_entry_per_hour_however_many_shards():
+    book = Book(limit=None, batches=None)
+    for i in range(2000):
+        now = NOW + timedelta(seconds=30 * i)
+        book.admit(i, 1, 1000, 0.0, now)
+        book.files_kept_until(i, now + timedelta(hours=48), now)
+    assert book.file_bytes_held == 2_000_000 and len(book.kept_files) <= 18
+    assert len(book.ledger.model_dump_json()) < 4000
 
 
 def test_a_refusal_lowers_the_limit_to_what_the_others_held_and_remembers_the_level():
-    book = ledger(limit=1_000_000)
+    book = Book(limit=1_000_000)
     for i in range(3):
-        book.admit("j", i, 100_000, 0, float(i), NOW)
-    assert book.refused("j", 2, NOW) is False
+        book.admit(i, 100_000, 0, float(i), NOW)
+    assert book.refused(2, NOW) is False
     assert (book.learned_limit, book.ceiling, book.tokens_held) == (200_000, 300_000, 200_000)
-    assert book.admit("j", 3, 10_000, 0, 3.0, NOW) == Admission.WAIT, "held off: nothing freed since the refusal"
-    book.batch_ended("j", 0, NOW + timedelta(seconds=30))
-    assert book.admit("j", 3, 100_000, 0, 3.0, NOW + timedelta(seconds=31)) == Admission.ADMITTED
+    assert book.admit(3, 10_000, 0, 3.0, NOW) == Admission.WAIT, "held off: nothing freed since the refusal"
+    book.batch_ended(0, NOW + timedelta(seconds=30))
+    assert book.admit(3, 100_000, 0, 3.0, NOW + timedelta(seconds=31)) == Admission.ADMITTED
 
 
 def test_after_a_refusal_nothing_is_asked_for_a_while_unless_capacity_frees():
-    book = ledger(limit=1_000_000)
-    book.admit("j", 0, 10_000, 0, 0.0, NOW)
-    book.admit("j", 1, 10_000, 0, 0.0, NOW)
-    book.refused("j", 1, NOW)
-    book.learned_limit = None  # room, as far as the limit goes
-    assert book.admit("j", 1, 5_000, 0, 0.0, NOW + timedelta(seconds=HOLD_OFF_SECONDS - 1)) == Admission.WAIT
-    assert book.admit("j", 1, 5_000, 0, 0.0, NOW + timedelta(seconds=HOLD_OFF_SECONDS)) == Admission.ADMITTED
-    book.refused("j", 1, NOW + timedelta(seconds=HOLD_OFF_SECONDS))
-    book.learned_limit = None
-    book.batch_ended("j", 0, NOW + timedelta(seconds=HOLD_OFF_SECONDS + 1))
-    assert book.admit("j", 2, 5_000, 0, 0.0, NOW + timedelta(seconds=HOLD_OFF_SECONDS + 2)) == Admission.ADMITTED, \
+    book = Book(limit=1_000_000)
+    book.admit(0, 10_000, 0, 0.0, NOW)
+    book.admit(1, 10_000, 0, 0.0, NOW)
+    book.refused(1, NOW)
+    book.ledger.learned_limit = None  # room, as far as the limit goes
+    assert book.admit(1, 5_000, 0, 0.0, NOW + timedelta(seconds=HOLD_OFF_SECONDS - 1)) == Admission.WAIT
+    assert book.admit(1, 5_000, 0, 0.0, NOW + timedelta(seconds=HOLD_OFF_SECONDS)) == Admission.ADMITTED
+    book.refused(1, NOW + timedelta(seconds=HOLD_OFF_SECONDS))
+    book.ledger.learned_limit = None
+    book.batch_ended(0, NOW + timedelta(seconds=HOLD_OFF_SECONDS + 1))
+    assert book.admit(2, 5_000, 0, 0.0, NOW + timedelta(seconds=HOLD_OFF_SECONDS + 2)) == Admission.ADMITTED, \
         "capacity freed since the refusal: ask again at once"
 
 
 def test_a_shard_refused_alone_is_over_the_real_cap():
-    book = ledger(limit=1_000_000)
-    book.admit("j", 0, 400_000, 0, 0.0, NOW)
-    assert book.refused("j", 0, NOW) is True
+    book = Book(limit=1_000_000)
+    book.admit(0, 400_000, 0, 0.0, NOW)
+    assert book.refused(0, NOW) is True
     assert book.learned_limit == 200_000 and book.splits == 1
-    assert book.admit("j", 1, 300_000, 0, 0.0, NOW + timedelta(minutes=5)) == Admission.TOO_LARGE
-    book.admit("j", 2, 1, 0, 0.0, NOW)
-    assert book.refused("j", 2, NOW) is True and book.learned_limit == MIN_LIMIT
+    assert book.admit(1, 300_000, 0, 0.0, NOW + timedelta(minutes=5)) == Admission.TOO_LARGE
+    book.admit(2, 1, 0, 0.0, NOW)
+    assert book.refused(2, NOW) is True and book.learned_limit == MIN_LIMIT
     later = NOW + timedelta(minutes=5)
-    assert book.admit("j", 4, 1, 0, 0.0, later) == Admission.ADMITTED
-    assert book.admit("j", 3, 5000, 0, 0.0, later, splittable=False) == Admission.WAIT
-    book.release("j", 4, later)
-    assert book.admit("j", 3, 5000, 0, 0.0, NOW + timedelta(minutes=5), splittable=False) == Admission.ADMITTED, \
+    assert book.admit(4, 1, 0, 0.0, later) == Admission.ADMITTED
+    assert book.admit(3, 5000, 0, 0.0, later, splittable=False) == Admission.WAIT
+    book.release(4, later)
+    assert book.admit(3, 5000, 0, 0.0, NOW + timedelta(minutes=5), splittable=False) == Admission.ADMITTED, \
         "one item over the limit is still tried, alone: it cannot be split"
 
 
+def test_a_shard_refused_alone_at_a_size_accepted_alone_recently_is_not_split():
+    book = Book(limit=1_000_000)
+    book.admit(0, 400_000, 0, 0.0, NOW)
+    book.created(0, NOW)
+    book.batch_ended(0, NOW + timedelta(minutes=1))
+    book.admit(1, 400_000, 0, 1.0, NOW + timedelta(minutes=2))
+    assert book.refused(1, NOW + timedelta(minutes=2)) is False, "the cap is shared: wait, do not shred"
+    assert book.splits == 0 and book.learned_limit is None
+    assert book.admit(1, 400_000, 0, 1.0, NOW + timedelta(minutes=2, seconds=HOLD_OFF_SECONDS - 1)) == Admission.WAIT
+    later = NOW + timedelta(minutes=3)
+    book.admit(2, 400_000, 0, 2.0, later)
+    assert book.refused(2, later) is True, "refused alone again: the size is news after all"
+    book = Book(limit=1_000_000)
+    book.admit(0, 400_000, 0, 0.0, NOW)
+    book.created(0, NOW)
+    book.batch_ended(0, NOW)
+    much_later = NOW + timedelta(seconds=ACCEPTED_MEMORY_SECONDS + 1)
+    book.admit(1, 400_000, 0, 1.0, much_later)
+    assert book.refused(1, much_later) is True, "what was accepted long ago vouches for nothing"
+
+
 def test_the_limit_rises_slowly_only_once_no_refusal_is_recent():
-    book = ledger(limit=1_000_000)
-    book.admit("j", 0, 100_000, 0, 0.0, NOW)
-    book.admit("j", 1, 100_000, 0, 0.0, NOW)
-    book.refused("j", 1, NOW)
-    book.created(NOW + timedelta(seconds=CEILING_SECONDS - 1))
+    book = Book(limit=1_000_000)
+    book.admit(0, 100_000, 0, 0.0, NOW)
+    book.admit(1, 100_000, 0, 0.0, NOW)
+    book.refused(1, NOW)
+    book.created(0, NOW + timedelta(seconds=CEILING_SECONDS - 1))
     assert book.learned_limit == 100_000, "not while the refused level is a fresh ceiling"
     later = NOW + timedelta(seconds=CEILING_SECONDS)
-    book.created(later)
+    book.created(0, later)
     assert book.learned_limit == 110_001
-    book.created(later + timedelta(seconds=RAISE_SECONDS - 1))
+    book.created(0, later + timedelta(seconds=RAISE_SECONDS - 1))
     assert book.learned_limit == 110_001, "at most once per raise interval"
     for n in range(1, 40):
-        book.created(later + timedelta(seconds=RAISE_SECONDS * n))
+        book.created(0, later + timedelta(seconds=RAISE_SECONDS * n))
     assert book.learned_limit is None and book.effective_limit == 1_000_000, "back to the setting"
 
 
 def test_queue_estimates_come_from_the_recent_pace():
-    book = ledger(limit=100)
-    book.admit("j", 0, 100, 0, 0.0, NOW)
+    book = Book(limit=100)
+    book.admit(0, 100, 0, 0.0, NOW)
     assert book.seconds_until(50) is None, "no pace yet"
-    book.batch_ended("j", 0, NOW)
-    book.admit("j", 1, 100, 0, 0.0, NOW)
-    book.batch_ended("j", 1, NOW + timedelta(seconds=10))  # 100 tokens in 10 s
-    book.admit("j", 2, 100, 0, 0.0, NOW)
+    book.batch_ended(0, NOW)
+    book.admit(1, 100, 0, 0.0, NOW)
+    book.batch_ended(1, NOW + timedelta(seconds=10))  # 100 tokens in 10 s
+    book.admit(2, 100, 0, 0.0, NOW)
     assert book.seconds_until(0) == 0.0 and book.seconds_until(100) == 10.0
 
 
@@ -238,8 +317,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.run(lambda: tick(self.ctx.for_invocation()))
         for key in self.ctx.ledgers.list_keys():
             book = self.ctx.ledgers.get(key)
-            leaked = {k: h for k, h in book.holds.items() if h.expires_at is None}  # kept results expire
-            assert not leaked, f"capacity leaked: {leaked}"
+            assert not book.holds, f"capacity leaked: {book.holds}"  # kept results count apart, until they expire
         refused = self.ctx.provider.refusals
         elapsed = (self.clock.now - NOW).total_seconds()
         assert refused <= 3 + elapsed / CEILING_SECONDS, (refused, elapsed, "refused creates stay few: no hammering")
@@ -258,9 +336,9 @@ def test_shards_holding_tokens_are_the_ones_the_table_says():
 
 
 def test_a_rate_limit_holds_off_as_asked_and_teaches_nothing():
-    book = ledger(limit=1_000_000)
-    book.admit("j", 0, 10_000, 0, 0.0, NOW)
-    book.rate_limited("j", 0, NOW, 5)
+    book = Book(limit=1_000_000)
+    book.admit(0, 10_000, 0, 0.0, NOW)
+    book.rate_limited(0, NOW, 5)
     assert not book.holds and book.learned_limit is None and book.refusals == 1
-    assert book.admit("j", 0, 10_000, 0, 0.0, NOW + timedelta(seconds=4)) == Admission.WAIT
-    assert book.admit("j", 0, 10_000, 0, 0.0, NOW + timedelta(seconds=5)) == Admission.ADMITTED
+    assert book.admit(0, 10_000, 0, 0.0, NOW + timedelta(seconds=4)) == Admission.WAIT
+    assert book.admit(0, 10_000, 0, 0.0, NOW + timedelta(seconds=5)) == Admission.ADMITTED
