@@ -39,7 +39,7 @@ from shared.domain.jobs import (
 )
 from shared.errors import PermanentError, TransientError
 from shared.logging import bind, get_logger
-from shared.ports import ProviderBatch, ProviderState
+from shared.ports import ProviderBatch
 from shared.services import messages
 from shared.services.admission import admit
 from shared.services.batches import (

@@ -26,7 +26,7 @@ from shared.services import messages
 from shared.services.admission import admit, configure_ledger
 from shared.services.cancel import stop_held
 from shared.services.context import Context
-from shared.services.finish import end_job, finalize, publish_completion
+from shared.services.finish import finalize, publish_completion
 from shared.services.leasing import leased, save
 from shared.services.staging import stage_input
 
