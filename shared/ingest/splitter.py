@@ -41,9 +41,9 @@ __all__ = ["LOOKBEHIND", "Passage", "PassageSplitter", "SplitState", "split_pass
 #: Characters before a candidate end that its score hashes.
 LOOKBEHIND = 32
 #: A passage ends at or after this share of max_tokens (unless the document ends first).
-WINDOW_START = 0.4
+WINDOW_START = 0.3
 #: How much a candidate's share of max_tokens adds to its hash score: longer passages win ties.
-FULLNESS_WEIGHT = 1.5
+FULLNESS_WEIGHT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
