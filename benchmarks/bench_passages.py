@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_passages                      # stability and sizes, old splitter vs new
     python -m benchmarks.bench_passages --edits 100 --chunk-size 256
-    python -m benchmarks.bench_passages resume --size-mb 500 # seconds to reach a resume offset, per GB
+    python -m benchmarks.bench_passages resume --size-mb 1000  # seconds to reach a resume offset, per GB
 
 Stability: a ~100-page document (prose generated from a fixed seed: sentences of Zipf-distributed words,
 paragraphs of 1-10 sentences, numbered headings, bulleted lists), and a variant whose paragraphs run
@@ -14,9 +14,11 @@ or wholly after the edited paragraph (they would ideally never change). The old 
 `--old-rev` (git show REV:shared/ingest/splitter.py), the last one that cut greedily.
 
 Resume: a JSONL and a text file of `--size-mb` each are generated, plain and gzip (and the JSONL in
-UTF-16), read once through read_records keeping the positions at 25/50/75/100% of the items, then resumed
-from each with a fresh stream opened as a stager would (at `position.open_at`): the time to the first
-item after the position is what a resumed delivery pays before it makes progress.
+UTF-16), read once through read_records keeping the positions past 25/50/75% of the content and near its
+end, then resumed from each with a fresh stream opened as a stager would (at `position.open_at`): the
+time to load the ids seen before (SeenIds.load) and to reach the first item after the position is what a
+resumed delivery pays before it makes progress. Positions are taken every 100 items. Takes about 10
+minutes at the default size on 2 cores (most of it the full reads that take the positions).
 """
 
 from __future__ import annotations
@@ -265,15 +267,16 @@ def _generate(directory: Path, size: int) -> dict[str, Path]:
     return files
 
 
-def _variants(files: dict[str, Path], with_utf16: bool) -> Iterator[tuple[str, Path, str]]:
-    """(label, path, object name) of the inputs to resume."""
+def _variants(files: dict[str, Path], with_utf16: bool) -> Iterator[tuple[str, Path, str, int]]:
+    """(label, path, object name, size of the content its positions count) of the inputs to resume."""
     for name, path in files.items():
-        yield f"{name} plain", path, name
+        size = path.stat().st_size
+        yield f"{name} plain", path, name, size
         gz = path.with_name(path.name + ".gz")
         with open(path, "rb") as source, gzip.open(gz, "wb", compresslevel=6) as target:
             while block := source.read(1 << 22):
                 target.write(block)
-        yield f"{name} gzip", gz, name
+        yield f"{name} gzip", gz, name, size
     if with_utf16:
         path = files["input.jsonl"]
         utf16 = path.with_name("input-utf16.jsonl")
@@ -281,43 +284,48 @@ def _variants(files: dict[str, Path], with_utf16: bool) -> Iterator[tuple[str, P
             target.write(codecs.BOM_UTF16_LE)
             while block := source.read(1 << 20):
                 target.write(block.encode("utf-16-le"))
-        yield "input.jsonl UTF-16", utf16, "input.jsonl"
+        yield "input.jsonl UTF-16", utf16, "input.jsonl", path.stat().st_size  # lines are counted in UTF-8
 
 
-def _positions(path: Path, name: str, options: JobOptions) -> list[tuple[ReadPosition, bytes, int]]:
-    """The positions (with the ids dump and the item's index) at 25/50/75/100% of the items."""
-    with open(path, "rb") as raw:
-        total = sum(1 for _ in read_records(_Download(raw), name=name, content_type=None, options=options))
-    marks = {max(1, total * quarter // 4) for quarter in (1, 2, 3, 4)}
-    kept = []
+def _positions(path: Path, name: str, options: JobOptions, content_size: int) -> list[tuple[ReadPosition, bytes, int]]:
+    """The first positions past 25, 50 and 75% of the content and the last one (taken every 100 items),
+    each with the ids dump and the item's number."""
+    kept, marks, last = [], [content_size * quarter // 4 for quarter in (1, 2, 3)], None
     with open(path, "rb") as raw:
         reader = read_records(_Download(raw), name=name, content_type=None, options=options)
         for index, _ in enumerate(reader, 1):
-            if index in marks:
-                kept.append((reader.position(), reader.seen_ids.dump(), index))
-    return kept
-
-
+            if index % 100:
+                continue
+            position = reader.position()
+            last = (position, reader.seen_ids.dump(), index)
+            if marks and position.offset >= marks[0]:
+                marks.pop(0)
+                kept.append(last)
+    return kept + [last]
 def run_resume(args: argparse.Namespace) -> None:
     options = JobOptions()
-    print(f"resume cost: inputs of {args.size_mb} MB, positions at 25/50/75/100% of the items; "
+    print(f"resume cost: inputs of {args.size_mb} MB, positions past 25/50/75% of the content and at its end; "
           "time from opening the stream to the first item after the position (or the end)\n")
-    print(f"{'input':22} {'item':>9} {'content offset':>15} {'bytes read':>12} {'seconds':>8} {'s per GB skipped':>17}")
+    print(f"{'input':22} {'item':>9} {'content offset':>15} {'bytes read':>12} {'ids load s':>10} "
+          f"{'to item s':>9} {'s per GB skipped':>17}")
     with tempfile.TemporaryDirectory(prefix="bench_passages_") as workdir:
         files = _generate(Path(workdir), args.size_mb * 1_000_000)
-        for label, path, name in _variants(files, with_utf16=not args.no_utf16):
-            for position, dump, index in _positions(path, name, options):
+        for label, path, name, content_size in _variants(files, with_utf16=not args.no_utf16):
+            for position, dump, index in _positions(path, name, options, content_size):
                 started = time.perf_counter()
+                seen = SeenIds.load(dump)
+                loaded = time.perf_counter()
                 with open(path, "rb") as raw:
                     raw.seek(position.open_at)  # the stager's ranged read
                     stream = _Download(raw)
                     reader = read_records(stream, name=name, content_type=None, options=options,
-                                          resume=position, seen_ids=SeenIds.load(dump))
+                                          resume=position, seen_ids=seen)
                     next(reader, None)
-                    seconds = time.perf_counter() - started
+                    seconds = time.perf_counter() - loaded
                 skipped = position.offset if position.raw_offset is None else 0
-                per_gb = f"{seconds / (skipped / 1e9):.2f}" if skipped > 1e8 else "-"
-                print(f"{label:22} {index:9} {position.offset:15} {stream.read_bytes:12} {seconds:8.3f} {per_gb:>17}")
+                per_gb = f"{seconds / (skipped / 1e9):.2f}" if skipped >= 1e7 else "-"
+                print(f"{label:22} {index:9} {position.offset:15} {stream.read_bytes:12} {loaded - started:10.3f} "
+                      f"{seconds:9.3f} {per_gb:>17}")
 
 
 def main() -> int:
@@ -328,7 +336,7 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--edits", type=int, default=40, help="trials per kind of edit (40)")
     parser.add_argument("--old-rev", default=OLD_REV, help=f"commit of the old splitter ({OLD_REV})")
-    parser.add_argument("--size-mb", type=int, default=500, help="resume: size of each input in MB (500)")
+    parser.add_argument("--size-mb", type=int, default=1000, help="resume: size of each input in MB (1000)")
     parser.add_argument("--no-utf16", action="store_true", help="resume: skip the UTF-16 JSONL input")
     args = parser.parse_args()
     if args.what == "resume":
