@@ -311,6 +311,7 @@ _LINE_END = re.compile(rb"(\r\n|\r|\n)")
 
 
 def iter_lines(read: Read, max_bytes: int) -> LineReader:
+    """The lines of `read` from its start (see `LineReader`)."""
     return LineReader(read, max_bytes)
 
 

@@ -16,6 +16,7 @@ from shared.ingest.limits import ReadLimits
 from shared.ingest.position import ReadPosition
 from shared.ingest.problems import UNSUPPORTED_TYPE, InputError
 from shared.ingest.readers import CsvReader, DocumentReader, JsonlReader
+from shared.ingest.splitter import SPLITTER_VERSION
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -79,7 +80,7 @@ def _fingerprint(input_format: InputFormat, name: str, markdown: bool, options: 
     parts: list[object] = [input_format.value, name, markdown, limits.max_record_bytes,
                            limits.max_decompressed_bytes, limits.max_input_tokens]
     if input_format is InputFormat.DOCUMENT:
-        parts += [options.chunk_size, options.chunk_overlap]
+        parts += [options.chunk_size, options.chunk_overlap, SPLITTER_VERSION]
     elif input_format is InputFormat.CSV:
         parts += [options.id_column, options.text_column, options.title_column]
     return blake2b(json.dumps(parts).encode(), digest_size=8).hexdigest()

@@ -39,7 +39,10 @@ from dataclasses import dataclass
 
 from shared.ingest.tokens import MAX_CHARS_PER_TOKEN, TokenIndex
 
-__all__ = ["LOOKBEHIND", "Passage", "PassageSplitter", "SplitState", "split_passages"]
+__all__ = ["LOOKBEHIND", "SPLITTER_VERSION", "Passage", "PassageSplitter", "SplitState", "split_passages"]
+
+#: Changes whenever the same document would split differently (1: greedy cuts, before content scores).
+SPLITTER_VERSION = 2
 
 #: Characters before a candidate end that its score hashes.
 LOOKBEHIND = 32
