@@ -2,11 +2,16 @@
 
 Everything streams in blocks of `READ_SIZE`: nothing here holds more than a block or two, plus one line
 of at most `max_record_bytes` in `iter_lines`. Fatal problems are raised as `InputError`.
+
+Resuming: `LineReader.offset` counts the bytes consumed through the last line it gave, `skip` drops a
+number of bytes from a stream without looking at them, and `iter_text(..., offset=)` decodes from the
+middle of a content (at a character's start), so a read can continue from a byte offset.
 """
 
 from __future__ import annotations
 
 import codecs
+import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,15 +32,18 @@ from shared.ingest.problems import (
 __all__ = [
     "BINARY_PROBE_BYTES",
     "Content",
+    "LineReader",
     "READ_SIZE",
     "TooLong",
     "iter_lines",
     "iter_text",
     "open_content",
+    "skip",
     "utf8_reader",
 ]
 
 READ_SIZE = 256 * 1024
+SKIP_SIZE = 4 * 1024 * 1024  # bytes read at a time when skipping to a resume offset
 #: NUL bytes within this many bytes at the start mean binary content (as git decides).
 BINARY_PROBE_BYTES = 8000
 GZIP_MAGIC = b"\x1f\x8b"
@@ -236,14 +244,30 @@ def _decode_error(content: Content, offset: int) -> InputError:
     ))
 
 
-def iter_text(content: Content, size: int = READ_SIZE) -> Iterator[str]:
-    """The decoded text, block by block, line endings as in the file.
+def skip(read: Read, count: int) -> Read:
+    """`read` after its first `count` bytes, which are read and dropped. Raises ValueError when it has
+    fewer: the object is not the one a resume position was taken from."""
+    left = count
+    while left > 0:
+        block = read(min(left, SKIP_SIZE))
+        if not block:
+            raise ValueError(f"the content ends {left} bytes before the resume offset {count}: resume only "
+                             "the object generation the position was taken from")
+        if len(block) > left:  # a reader may return more than asked
+            return _Prefixed(block[left:], read).read
+        left -= len(block)
+    return read
+
+
+def iter_text(content: Content, size: int = READ_SIZE, offset: int = 0) -> Iterator[str]:
+    """The decoded text, block by block, line endings as in the file; `offset` bytes of content (after
+    the byte-order mark, at a character's start) were consumed before `content.read` gives the rest.
 
     At the first undecodable byte, yields the text before it, then raises `InputError` (INVALID_UTF8, or
     INVALID_ENCODING for UTF-16/32) giving the byte's offset in the (decompressed) file.
     """
     decoder = codecs.getincrementaldecoder(content.encoding)("strict")
-    offset = content.bom_length  # bytes handed to the decoder so far
+    offset += content.bom_length  # bytes handed to the decoder so far
     while True:
         data = content.read(size)
         final = not data
@@ -283,43 +307,81 @@ class TooLong(NamedTuple):
     quotes: int
 
 
-def iter_lines(read: Read, max_bytes: int) -> Iterator[bytes | TooLong]:
+_LINE_END = re.compile(rb"(\r\n|\r|\n)")
+
+
+def iter_lines(read: Read, max_bytes: int) -> LineReader:
+    """The lines of `read` from its start (see `LineReader`)."""
+    return LineReader(read, max_bytes)
+
+
+class LineReader:
     """The lines of `read`, without their ends (LF, CRLF or a lone CR), each at most `max_bytes`.
 
     A longer line is never held whole: it is dropped block by block and reported as `TooLong`. Yields one
-    item per line, so the caller's count is the line number.
+    item per line, so the caller's count is the line number. Between two lines, `offset` is the number of
+    bytes of `read` consumed through the end of the last line given (its line end included, the bytes
+    consumed before this reader started counted too) and `after_cr` tells whether that end was a lone CR:
+    a reader started there with `after_cr` drops an LF that comes first, the rest of a CRLF.
     """
-    tail = b""  # the start of an unfinished line
-    skipping: TooLong | None = None  # the unfinished line is too long and being dropped
-    pending_cr = False  # the last block ended with CR: a LF opening the next belongs to it
-    while True:
-        block = read(READ_SIZE)
-        if not block:
-            break
-        if pending_cr and block.startswith(b"\n"):
-            block = block[1:]
-        pending_cr = block.endswith(b"\r")
-        if b"\r" in block:
-            block = block.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        *complete, last = block.split(b"\n")
-        for piece in complete:
-            if skipping is not None:
-                yield TooLong(skipping.size + len(piece), skipping.quotes + piece.count(b'"'))
-                skipping = None
-                continue
-            if tail:
-                piece, tail = tail + piece, b""
-            if len(piece) > max_bytes:
-                yield TooLong(len(piece), piece.count(b'"'))
+
+    def __init__(self, read: Read, max_bytes: int, *, offset: int = 0, after_cr: bool = False):
+        self._read = read
+        self._max = max_bytes
+        self.offset = offset
+        self.after_cr = after_cr
+        self._lines = self._run()
+
+    def __iter__(self) -> LineReader:
+        return self
+
+    def __next__(self) -> bytes | TooLong:
+        return next(self._lines)
+
+    def _run(self) -> Iterator[bytes | TooLong]:
+        limit = self._max
+        tail = b""  # the start of an unfinished line
+        skipping: TooLong | None = None  # the unfinished line is too long and being dropped
+        pending = 0  # bytes of the unfinished line consumed so far
+        pending_cr = self.after_cr  # the last block ended with CR: a LF opening the next belongs to it
+        while True:
+            block = self._read(READ_SIZE)
+            if not block:
+                break
+            if pending_cr and block.startswith(b"\n"):
+                block = block[1:]
+                self.offset += 1  # the rest of the last line's end
+            pending_cr = block.endswith(b"\r")
+            if b"\r" in block:
+                parts = _LINE_END.split(block)
+                pieces, ends = parts[0::2], parts[1::2]
             else:
-                yield piece
+                pieces, ends = block.split(b"\n"), None
+            *complete, last = pieces
+            for index, piece in enumerate(complete):
+                end = b"\n" if ends is None else ends[index]
+                self.offset += pending + len(piece) + len(end)
+                self.after_cr = end == b"\r"
+                pending = 0
+                if skipping is not None:
+                    line: bytes | TooLong = TooLong(skipping.size + len(piece), skipping.quotes + piece.count(b'"'))
+                    skipping = None
+                else:
+                    if tail:
+                        piece, tail = tail + piece, b""
+                    line = TooLong(len(piece), piece.count(b'"')) if len(piece) > limit else piece
+                yield line
+            pending += len(last)
+            if skipping is not None:
+                skipping = TooLong(skipping.size + len(last), skipping.quotes + last.count(b'"'))
+            elif last:
+                tail += last
+                if len(tail) > limit:
+                    skipping, tail = TooLong(len(tail), tail.count(b'"')), b""
+        self.offset += pending
+        self.after_cr = False
         if skipping is not None:
-            skipping = TooLong(skipping.size + len(last), skipping.quotes + last.count(b'"'))
-        elif last:
-            tail += last
-            if len(tail) > max_bytes:
-                skipping, tail = TooLong(len(tail), tail.count(b'"')), b""
-    if skipping is not None:
-        yield skipping
-    elif tail:
-        yield tail
+            yield skipping
+        elif tail:
+            yield tail
+

@@ -1,12 +1,18 @@
-"""One reader per format, from opened content to records and problems.
+"""One reader per format, from opened content to records and problems, resumable.
 
 Per-record problems are yielded in file order among the records; fatal ones are raised as `InputError`
 after everything before them was yielded. Readers never look at `on_bad_record`: the caller counts.
+
+Each reader is built either fresh or from a `ReadPosition` (its content then continues at the position's
+offset: `positioned`, or from the start, and the reader skips to it). Between two items, `cursor()` gives
+the fields of the position right after the last one: the reader's state, nothing else, lives in them.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +20,10 @@ import orjson
 
 from shared.domain.options import JobOptions
 from shared.domain.records import InputProblem, Record
-from shared.ingest.decoding import Content, TooLong, iter_lines, iter_text, utf8_reader
+from shared.ingest.decoding import Content, LineReader, TooLong, iter_text, skip, utf8_reader
 from shared.ingest.ids import SeenIds
 from shared.ingest.limits import ReadLimits
+from shared.ingest.position import HEADER_INLINE_CHARS, ReadPosition
 from shared.ingest.problems import (
     DUPLICATE_ID,
     EMPTY_INPUT,
@@ -37,10 +44,10 @@ from shared.ingest.problems import (
     TEXT_TOO_LONG,
     InputError,
 )
-from shared.ingest.splitter import split_passages
+from shared.ingest.splitter import SplitState, split_passages
 from shared.ingest.tokens import estimate_tokens
 
-__all__ = ["read_csv", "read_document", "read_jsonl"]
+__all__ = ["CsvReader", "DocumentReader", "JsonlReader"]
 
 Item = Record | InputProblem
 _SHOWN_ID_CHARS = 80
@@ -59,8 +66,8 @@ class _Text:
     """The document's text blocks; a decoding or gzip failure ends them and is kept for later, so the
     splitter emits the passages before it first."""
 
-    def __init__(self, content: Content):
-        self._blocks = iter_text(content)
+    def __init__(self, content: Content, offset: int):
+        self._blocks = iter_text(content, offset=offset)
         self.error: InputError | None = None
 
     def __iter__(self) -> Iterator[str]:
@@ -70,28 +77,47 @@ class _Text:
             self.error = exc
 
 
-def read_document(content: Content, *, name: str, options: JobOptions, limits: ReadLimits,
-                  markdown: bool = False) -> Iterator[Item]:
+class DocumentReader:
     """Passages of one document as records `{name}#{index}`, with their offsets in the decoded text."""
-    text = _Text(content)
-    passages = split_passages(
-        text,
-        max_tokens=min(options.chunk_size, limits.max_input_tokens),
-        overlap=options.chunk_overlap,
-        markdown=markdown,
-    )
-    index = 0
-    for passage in passages:
-        yield Record(
-            id=f"{name}#{index}",
-            text=passage.text,
-            metadata={"passage": index, "char_start": passage.start, "char_end": passage.end},
+
+    def __init__(self, content: Content, *, name: str, options: JobOptions, limits: ReadLimits,
+                 markdown: bool = False, resume: ReadPosition | None = None, positioned: bool = False):
+        self._name = name
+        state = None
+        if resume is not None:
+            state = SplitState(resume.char_offset, resume.offset, resume.start, resume.cut)
+            if not positioned:
+                content = dataclasses.replace(content, read=skip(content.read, resume.offset))
+        self._text = _Text(content, resume.offset if resume else 0)
+        self._splitter = split_passages(
+            self._text,
+            max_tokens=min(options.chunk_size, limits.max_input_tokens),
+            overlap=options.chunk_overlap,
+            markdown=markdown,
+            resume=state,
+            encoding=content.encoding,
         )
-        index += 1
-    if text.error is not None:
-        raise text.error
-    if index == 0:
-        raise InputError(EMPTY_INPUT, "The document has no text, only whitespace: upload a file with text to embed.")
+        self._index = resume.passage if resume else 0
+        self.raw_resumable = True  # offsets count the content's own bytes
+
+    def items(self) -> Iterator[Item]:
+        for passage in self._splitter:
+            index = self._index
+            self._index += 1
+            yield Record(
+                id=f"{self._name}#{index}",
+                text=passage.text,
+                metadata={"passage": index, "char_start": passage.start, "char_end": passage.end},
+            )
+        if self._text.error is not None:
+            raise self._text.error
+        if self._index == 0:
+            raise InputError(EMPTY_INPUT, "The document has no text, only whitespace: upload a file with text to embed.")
+
+    def cursor(self) -> dict[str, Any]:
+        state = self._splitter.state()
+        return {"offset": state.origin_bytes, "char_offset": state.origin, "start": state.start,
+                "cut": state.cut, "passage": self._index}
 
 
 # -- fields shared by JSONL and CSV ---------------------------------------------------------------
@@ -179,31 +205,55 @@ def _json_kind(value: Any) -> str:
     return "an object"
 
 
-def read_jsonl(content: Content, *, limits: ReadLimits) -> Iterator[Item]:
+def _lines(content: Content, limits: ReadLimits, resume: ReadPosition | None, positioned: bool) -> LineReader:
+    """The content's lines as UTF-8, from the start or from the resume position."""
+    read = utf8_reader(content)
+    if resume is None:
+        return LineReader(read, limits.max_record_bytes)
+    if not positioned:
+        read = skip(read, resume.offset)
+    return LineReader(read, limits.max_record_bytes, offset=resume.offset, after_cr=resume.after_cr)
+
+
+class JsonlReader:
     """One record per line; blank lines skipped; per-line problems; EMPTY_INPUT when no line has content."""
-    seen = SeenIds()
-    any_content = False
-    line_no = 0
-    for line in iter_lines(utf8_reader(content), limits.max_record_bytes):
-        line_no += 1
-        if isinstance(line, TooLong):
-            any_content = True
-            yield InputProblem(RECORD_TOO_LARGE, (
-                f"Line {line_no} is {line.size} bytes, over the limit of {limits.max_record_bytes} bytes "
-                "for one record: split its text into smaller records."
-            ), line=line_no)
-            continue
-        if not line.strip():
-            continue
-        any_content = True
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield _json_error(line, line_no, exc)
-            continue
-        yield _json_record(value, line_no, limits, seen)
-    if not any_content:
-        raise InputError(EMPTY_INPUT, "The file has no records, only blank lines: write one JSON object per line.")
+
+    def __init__(self, content: Content, *, limits: ReadLimits, seen: SeenIds,
+                 resume: ReadPosition | None = None, positioned: bool = False):
+        self._limits = limits
+        self._seen = seen
+        self._lines = _lines(content, limits, resume, positioned)
+        self._line_no = resume.line if resume else 0
+        self._any_content = bool(resume and resume.items)  # every line with content gives an item
+        self.raw_resumable = content.encoding == "utf-8"  # else offsets count transcoded bytes
+
+    def items(self) -> Iterator[Item]:
+        limits, seen = self._limits, self._seen
+        for line in self._lines:
+            self._line_no += 1
+            line_no = self._line_no
+            if isinstance(line, TooLong):
+                self._any_content = True
+                yield InputProblem(RECORD_TOO_LARGE, (
+                    f"Line {line_no} is {line.size} bytes, over the limit of {limits.max_record_bytes} bytes "
+                    "for one record: split its text into smaller records."
+                ), line=line_no)
+                continue
+            if not line.strip():
+                continue
+            self._any_content = True
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                yield _json_error(line, line_no, exc)
+                continue
+            yield _json_record(value, line_no, limits, seen)
+        if not self._any_content:
+            raise InputError(EMPTY_INPUT, "The file has no records, only blank lines: write one JSON object per line.")
+
+    def cursor(self) -> dict[str, Any]:
+        return {"offset": self._lines.offset, "line": self._line_no, "after_cr": self._lines.after_cr,
+                "accepted": len(self._seen)}
 
 
 def _json_error(line: bytes, line_no: int, exc: orjson.JSONDecodeError) -> InputProblem:
@@ -322,7 +372,22 @@ def _columns(header: list[str], options: JobOptions, line: int) -> tuple[int, in
     return indexes["id_column"], indexes["text_column"], find(options.title_column)
 
 
-def read_csv(content: Content, *, options: JobOptions, limits: ReadLimits) -> Iterator[Item]:
+class _Header:
+    """What a CSV's header row tells: its cells, the delimiter, the columns to read."""
+
+    def __init__(self, cells: list[str], delimiter: str, options: JobOptions, line: int):
+        self.cells = cells
+        self.delimiter = delimiter
+        self.id_index, self.text_index, self.title_index = _columns(cells, options, line)
+        names = [name or f"column_{index + 1}" for index, name in enumerate(cells)]
+        self.metadata_columns = [
+            (index, name) for index, name in enumerate(names)
+            if index not in (self.id_index, self.text_index, self.title_index) and name not in names[:index]
+        ]
+        self.inline = len(json.dumps(cells)) <= HEADER_INLINE_CHARS  # small enough for a ReadPosition
+
+
+class CsvReader:
     """A header row naming the columns, then one record per row.
 
     The id, text and title columns are named by the options (matched exactly, else ignoring case); the
@@ -331,88 +396,133 @@ def read_csv(content: Content, *, options: JobOptions, limits: ReadLimits) -> It
     reported and skipped; rows of empty cells are skipped silently. Commas separate fields, unless the
     header has none but has tabs or semicolons.
     """
-    # The csv module's limit is per field and process-wide: raise it to the row limit, which the feeder
-    # enforces itself, so no field can trip it first.
-    if csv.field_size_limit() < limits.max_record_bytes:
-        csv.field_size_limit(limits.max_record_bytes)
-    lines = iter_lines(utf8_reader(content), limits.max_record_bytes)
-    first = _first_line(lines)
-    if first is None:
-        raise InputError(EMPTY_INPUT, "The CSV file is empty: write a header row, then one row per record.")
-    header_line_no, header_line = first
-    if isinstance(header_line, TooLong):
-        raise InputError(ROW_TOO_LARGE, (
-            f"The CSV header on line {header_line_no} is over the limit of {limits.max_record_bytes} bytes: "
-            "check that the file is a CSV with one header row."
-        ), line=header_line_no)
-    feeder = _RowFeeder(_chain(header_line, lines), limits.max_record_bytes)
-    feeder.line_no = header_line_no - 1
-    reader = csv.reader(feeder, delimiter=_delimiter(header_line))
-    try:
-        header = [name.strip() for name in next(reader)]
-    except _BadRow as bad:
-        raise InputError(bad.code, (
-            f"The CSV header {bad.detail}: save the file as UTF-8 with one header row."
-        ), line=header_line_no) from None
-    except csv.Error as exc:
-        raise InputError(MALFORMED_ROW, (
-            f"The CSV header on line {header_line_no} cannot be parsed ({exc}): fix its quoting."
-        ), line=header_line_no) from None
-    id_index, text_index, title_index = _columns(header, options, header_line_no)
-    names = [name or f"column_{index + 1}" for index, name in enumerate(header)]
-    metadata_columns = [
-        (index, name) for index, name in enumerate(names)
-        if index not in (id_index, text_index, title_index) and name not in names[:index]
-    ]
-    seen = SeenIds()
-    rows = 0
-    while True:
-        line = feeder.line_no + 1
-        feeder.begin_row()
+
+    def __init__(self, content: Content, *, options: JobOptions, limits: ReadLimits, seen: SeenIds,
+                 resume: ReadPosition | None = None, positioned: bool = False):
+        # The csv module's limit is per field and process-wide: raise it to the row limit, which the
+        # feeder enforces itself, so no field can trip it first.
+        if csv.field_size_limit() < limits.max_record_bytes:
+            csv.field_size_limit(limits.max_record_bytes)
+        self._content = content
+        self._options = options
+        self._limits = limits
+        self._seen = seen
+        self._resume = resume
+        self._positioned = positioned
+        self._header: _Header | None = None
+        self._lines: LineReader | None = None
+        self._feeder: _RowFeeder | None = None
+        self._any_row = bool(resume and resume.items)  # every row after the header gives an item
+
+    @property
+    def raw_resumable(self) -> bool:
+        return self._content.encoding == "utf-8" and self._header is not None and self._header.inline
+
+    def items(self) -> Iterator[Item]:
+        resume = self._resume
+        if resume is not None and resume.header is not None:
+            self._lines = _lines(self._content, self._limits, resume, self._positioned)
+            self._header = _Header(list(resume.header), resume.delimiter, self._options, resume.line)
+            self._feeder = _RowFeeder(self._lines, self._limits.max_record_bytes)
+            self._feeder.line_no = resume.line
+        else:
+            self._lines = _lines(self._content, self._limits, None, False)
+            self._read_header()
+            if resume is not None:  # its header was too long to keep: read again, then skip rows
+                self._skip_to(resume)
+        yield from self._rows()
+
+    def _read_header(self) -> None:
+        lines, limits = self._lines, self._limits
+        first = _first_line(lines)
+        if first is None:
+            raise InputError(EMPTY_INPUT, "The CSV file is empty: write a header row, then one row per record.")
+        header_line_no, header_line = first
+        if isinstance(header_line, TooLong):
+            raise InputError(ROW_TOO_LARGE, (
+                f"The CSV header on line {header_line_no} is over the limit of {limits.max_record_bytes} "
+                "bytes: check that the file is a CSV with one header row."
+            ), line=header_line_no)
+        feeder = _RowFeeder(_chain(header_line, lines), limits.max_record_bytes)
+        feeder.line_no = header_line_no - 1
+        delimiter = _delimiter(header_line)
         try:
-            row = next(reader)
-        except StopIteration:
-            break
+            cells = [name.strip() for name in next(csv.reader(feeder, delimiter=delimiter))]
         except _BadRow as bad:
-            rows += 1
-            yield InputProblem(bad.code, f"The row on line {line} {bad.detail}: fix or remove the row.", line=line)
-            continue
+            raise InputError(bad.code, (
+                f"The CSV header {bad.detail}: save the file as UTF-8 with one header row."
+            ), line=header_line_no) from None
         except csv.Error as exc:
-            rows += 1
-            feeder.skip_rest()
-            yield InputProblem(MALFORMED_ROW, (
-                f"The row on line {line} cannot be parsed ({exc}): fix its quoting or remove the row."
-            ), line=line)
-            continue
-        if not any(cell.strip() for cell in row):
-            continue  # blank lines, and rows of empty cells that spreadsheets append
-        rows += 1
-        yield _csv_record(row, line, header, feeder, id_index, text_index, title_index, metadata_columns,
-                          limits, seen)
-    if rows == 0:
-        raise InputError(EMPTY_INPUT, "The CSV file has a header but no rows: add one row per record.")
+            raise InputError(MALFORMED_ROW, (
+                f"The CSV header on line {header_line_no} cannot be parsed ({exc}): fix its quoting."
+            ), line=header_line_no) from None
+        self._header = _Header(cells, delimiter, self._options, header_line_no)
+        self._feeder = feeder
+
+    def _skip_to(self, resume: ReadPosition) -> None:
+        """Drop the lines up to the resume position (it is at a row's end)."""
+        lines, feeder = self._lines, self._feeder
+        while lines.offset < resume.offset and next(lines, None) is not None:
+            feeder.line_no += 1
+        if (lines.offset, feeder.line_no) != (resume.offset, resume.line):
+            raise ValueError(f"the content does not match the resume position (line {feeder.line_no} at "
+                             f"byte {lines.offset}, not line {resume.line} at byte {resume.offset})")
+
+    def _rows(self) -> Iterator[Item]:
+        header, feeder, limits, seen = self._header, self._feeder, self._limits, self._seen
+        reader = csv.reader(feeder, delimiter=header.delimiter)
+        while True:
+            line = feeder.line_no + 1
+            feeder.begin_row()
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except _BadRow as bad:
+                self._any_row = True
+                yield InputProblem(bad.code, f"The row on line {line} {bad.detail}: fix or remove the row.", line=line)
+                continue
+            except csv.Error as exc:
+                self._any_row = True
+                feeder.skip_rest()
+                yield InputProblem(MALFORMED_ROW, (
+                    f"The row on line {line} cannot be parsed ({exc}): fix its quoting or remove the row."
+                ), line=line)
+                continue
+            if not any(cell.strip() for cell in row):
+                continue  # blank lines, and rows of empty cells that spreadsheets append
+            self._any_row = True
+            yield _csv_record(row, line, header, feeder, limits, seen)
+        if not self._any_row:
+            raise InputError(EMPTY_INPUT, "The CSV file has a header but no rows: add one row per record.")
+
+    def cursor(self) -> dict[str, Any]:
+        header = self._header
+        return {"offset": self._lines.offset, "line": self._feeder.line_no, "after_cr": self._lines.after_cr,
+                "accepted": len(self._seen), "delimiter": header.delimiter,
+                "header": tuple(header.cells) if header.inline else None}
 
 
-def _csv_record(row: list[str], line: int, header: list[str], feeder: _RowFeeder, id_index: int,
-                text_index: int, title_index: int | None, metadata_columns: list[tuple[int, str]],
-                limits: ReadLimits, seen: SeenIds) -> Item:
+def _csv_record(row: list[str], line: int, header: _Header, feeder: _RowFeeder, limits: ReadLimits,
+                seen: SeenIds) -> Item:
     if feeder.exhausted and feeder.in_quotes:
         return InputProblem(MALFORMED_ROW, (
             f"The row on line {line} opens a quoted field that never closes: add the closing quote."
         ), line=line)
-    if len(row) != len(header):
+    cells = header.cells
+    if len(row) != len(cells):
         return InputProblem(MALFORMED_ROW, (
-            f"The row on line {line} has {_fields(len(row))} but the header has {len(header)}: quote fields "
+            f"The row on line {line} has {_fields(len(row))} but the header has {len(cells)}: quote fields "
             "that contain the delimiter, or fix the row."
         ), line=line)
-    record_id = row[id_index]
+    record_id = row[header.id_index]
     if not record_id.strip():
         return InputProblem(MISSING_ID, (
-            f"The row on line {line} has an empty {header[id_index]!r} cell: give every row an id."
+            f"The row on line {line} has an empty {cells[header.id_index]!r} cell: give every row an id."
         ), line=line)
-    title = row[title_index] if title_index is not None else None
-    metadata = {name: row[index] for index, name in metadata_columns if row[index] != ""}
-    return _finish(record_id, row[text_index], title, metadata, line, limits, seen)
+    title = row[header.title_index] if header.title_index is not None else None
+    metadata = {name: row[index] for index, name in header.metadata_columns if row[index] != ""}
+    return _finish(record_id, row[header.text_index], title, metadata, line, limits, seen)
 
 
 def _fields(count: int) -> str:

@@ -6,11 +6,13 @@ import codecs
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.domain.options import JobOptions
 from shared.domain.records import InputProblem, Record
 from shared.ingest import ReadLimits, problems, read_records
-from shared.ingest.decoding import TooLong, iter_lines
+from shared.ingest.decoding import LineReader, TooLong, iter_lines
 from tests.unit.ingest.helpers import (
     DownloadStream,
     assert_one_sentence,
@@ -237,6 +239,26 @@ def test_long_lines_are_dropped_as_they_stream(size):
     assert list(iter_lines(_blocks(data, size), 10)) == [
         b"short", TooLong(120, 60), b"ok", TooLong(11, 0), b"last",
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.sampled_from([b"a", b"bc", b'"', b"\r", b"\n", b"\r\n", b"x" * 15]), max_size=60),
+       size=st.integers(1, 20))
+def test_line_offsets_resume_a_line_reader(pieces, size):
+    data = b"".join(pieces)
+    reader = LineReader(_blocks(data, size), 10)
+    lines, marks = [], []
+    for line in reader:
+        lines.append(line)
+        marks.append((reader.offset, reader.after_cr))
+    assert reader.offset == len(data)
+    for number, (offset, after_cr) in enumerate(marks):
+        # through the line's end; a CR last in a block is counted before the LF that may follow it
+        assert data[:offset].endswith((b"\n", b"\r")) or offset == len(data)
+        assert after_cr == data[:offset].endswith(b"\r")
+        resumed = LineReader(_blocks(data[offset:], size), 10, offset=offset, after_cr=after_cr)
+        assert list(resumed) == lines[number + 1:]
+        assert resumed.offset == len(data)
 
 
 def test_a_final_line_without_end():
