@@ -355,6 +355,7 @@ def search(
     from shared.errors import NotFound
     from shared.gemini import normalize
     from shared.ingest import read_source
+    from shared.ingest.splitter import SPLITTER_VERSION
 
     if not query.strip():
         raise errors.BadArgument("the query is empty")
@@ -366,6 +367,9 @@ def search(
         options = job.options
         values = services.provider(options.provider).embed_query(query, options)
         hits = top_k(normalize(values), iter_vectors(parquet, services.blobs.open_read), k)
+        if job.staging.splitter_version != SPLITTER_VERSION:
+            _note("note: this job's documents were cut into passages by an earlier version: a passage shown "
+                  "may differ from the one embedded under its id")
         try:
             with services.blobs.open_read(job.source.uri, job.source.generation) as stream:
                 records = texts_for([hit.id for hit in hits],

@@ -222,9 +222,10 @@ class JobOutput(BaseModel):
 class Staging(BaseModel):
     """How far staging has read the input: where the next delivery resumes (never re-staging a shard)."""
 
-    position: dict[str, Any] | None = None  # the reader's position after the last staged record
-    seen_ids_uri: str | None = None  # the duplicate-id set as of `seen_ids_key`, when the input has ids
-    seen_ids_key: int = 0
+    position: dict[str, Any] | None = None  # the reader's position (shared.ingest.ReadPosition) at the checkpoint
+    carry_uri: str | None = None  # the record read last before the checkpoint: the next shard's first
+    seen_ids_uri: str | None = None  # the duplicate-id set as of the first `seen_ids_segments` segments (+ carry)
+    seen_ids_segments: int = 0
     next_key: int = 0  # the key of the next record (keys are record numbers in the file)
     problems: int = 0  # input problems met before the position
     segments: int = 0  # checkpoints made: input shards, and stretches of problems with no record
@@ -234,6 +235,7 @@ class Staging(BaseModel):
     opened: bool = False  # ...and once it did, all of them were put in the queue
     fatal: dict[str, Any] | None = None  # the problem that ended the reading early
     invocations: int = 0  # deliveries that staged a part of the input
+    splitter_version: int = 1  # how documents were cut into passages (shared.ingest.SPLITTER_VERSION)
     fair_start: float = 0.0  # the ledger's virtual time when staging began: the job's place in the queue
 
 

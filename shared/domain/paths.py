@@ -79,9 +79,13 @@ class JobPaths:
         """Input problems met while staging the `segment`-th input shard (joined into input-errors.jsonl)."""
         return f"{self.staging}problems-{segment:06d}.jsonl"
 
-    def seen_ids(self, key: int) -> str:
-        """The ids of the first `key` records, to find duplicates after a resumed read."""
-        return f"{self.staging}seen-ids-{key:012d}.bin"
+    def seen_ids(self, segments: int) -> str:
+        """The ids read up to the checkpoint of the first `segments` segments, to find duplicates after it."""
+        return f"{self.staging}seen-ids-{segments:06d}.bin"
+
+    def carry(self, segment: int) -> str:
+        """The record read last before a checkpoint, which opens the `segment`-th segment."""
+        return f"{self.staging}carry-{segment:06d}.jsonl"
 
     def failed_items(self, shard: int) -> str:
         return f"{self.staging}failed-{shard:06d}.jsonl"

@@ -4,18 +4,23 @@ Each input shard is a records file (`shared.services.records`) cut when the next
 bound: estimated tokens (a batch's tokens count against the provider's enqueued-tokens quota), rows and
 request bytes (the provider's batch limits), and record bytes (what `complete` holds in memory). When a
 shard's file is durable, one transaction creates its shard document (STAGED: waiting for capacity) and
-moves the job's staging position past its last record, together. So:
+moves the job's staging position, together. So:
 - a delivery resumes at the last checkpoint and never stages a committed shard again;
+- a resumed read starts where the last one stopped: the reader's position (`shared.ingest.ReadPosition`)
+  is saved with each checkpoint, and a plain object is opened there with a ranged read (a gzip one is
+  inflated from its start, unparsed, up to it). The record that did not fit the last shard is saved
+  beside it (`carry`) and opens the next one; the ids read so far (to find duplicates) are saved when an
+  invocation hands on, and the ids of shards staged after that are added back from their records files;
 - shards are admitted while staging goes on, so a long input starts embedding before it is read through;
 - an invocation stages for at most `stage_budget_seconds`, then hands the rest to the next one (a message
   on the stage topic), so no invocation's work grows with the input.
 Keys are record numbers in the file, so a resumed read writes the same keys. Input problems are written
-per shard segment and joined into `input-errors.jsonl` when the job ends.
+per shard segment and joined into `input-errors.jsonl` when the job ends. A worker that lost the job
+while staging (its lease lapsed) deletes what it wrote if the job has ended meanwhile.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -25,12 +30,14 @@ import orjson
 from shared.domain.capabilities import Capabilities
 from shared.domain.jobs import Estimate, Job, JobState, Shard, ShardOrigin
 from shared.domain.paths import JobPaths
-from shared.domain.records import InputProblem, Record
-from shared.ingest import estimate_tokens, read_source
+from shared.domain.records import InputProblem
+from shared.errors import NotFound, PermanentError
+from shared.ingest import InputFormat, ReadPosition, SeenIds, estimate_tokens, read_source
+from shared.ingest.splitter import SPLITTER_VERSION
 from shared.ports import JobTx
 from shared.services.context import Context
-from shared.services.leasing import commit
-from shared.services.records import JSONL, RecordsWriter, ShardTotals, record_line
+from shared.services.leasing import LeaseLost, commit, save
+from shared.services.records import JSONL, RecordsWriter, ShardTotals, iter_records, record_line
 
 __all__ = ["ShardBounds", "StageOutcome", "shard_bounds", "stage_input"]
 
@@ -78,12 +85,6 @@ class _Segment:
     files: ExitStack = field(default_factory=ExitStack)
     problem_count: int = 0
     sample: list[dict[str, Any]] = field(default_factory=list)
-    first_key: int = 0
-    position: Any = None
-
-    @property
-    def empty(self) -> bool:
-        return self.records is None and self.problem_count == 0
 
     def abort(self, exc: BaseException) -> None:
         if self.records is not None:
@@ -94,16 +95,24 @@ class _Segment:
 def stage_input(ctx: Context, job: Job, capabilities: Capabilities, *, held: bool = False) -> StageOutcome:
     """Stage `job`'s source (held under lease) from where the last checkpoint left it, until the input ends,
     a fatal problem ends it, or the time budget runs out (then `done` is False: hand the rest on).
-    `held`: its shards stay out of the queue (no ledger) until the caller opens them."""
+    `held`: its shards stay out of the queue (no ledger) until the caller opens them. Raises
+    `PermanentError` when the saved position cannot be resumed (the pipeline's reading changed meanwhile)."""
     settings = ctx.settings
+    staging = job.staging
     paths = JobPaths.for_source(job.source, settings.output_bucket, settings.output_prefix)
     bounds = shard_bounds(ctx, capabilities)
-    segment = _Segment(number=job.staging.segments, first_key=job.staging.next_key)
+    resume = ReadPosition.from_dict(staging.position) if staging.position else None
+    if resume is None:
+        staging.splitter_version = SPLITTER_VERSION
+    segment = _Segment(number=staging.segments)
     fatal: InputProblem | None = None
-    key = job.staging.next_key
+    key = staging.next_key
     try:
-        with ctx.blobs.open_read(job.source.uri, job.source.generation) as stream:
-            for item in _resumed(read_source(stream, job.source, job.options, settings), job):
+        with ctx.blobs.open_read(job.source.uri, job.source.generation, resume.open_at if resume else 0) as stream:
+            reader = _reader(ctx, job, paths, stream, resume)
+            if staging.carry_uri:
+                key = _open_with(ctx, paths, segment, ctx.blobs.read(staging.carry_uri), key)
+            for item in reader:
                 if isinstance(item, InputProblem):
                     _add_problem(ctx, paths, segment, item)
                     if item.fatal:
@@ -114,31 +123,66 @@ def stage_input(ctx: Context, job: Job, capabilities: Capabilities, *, held: boo
                 text_bytes = len(item.text.encode())
                 if segment.records is not None and not bounds.fits(segment.records.totals, tokens, text_bytes,
                                                                      len(line) - text_bytes):
-                    segment = _checkpoint(ctx, job, paths, segment, capabilities, held, done=False)
+                    segment = _checkpoint(ctx, job, paths, segment, capabilities, held, reader.position(),
+                                          carry=line)
                     if ctx.elapsed() >= settings.stage_budget_seconds:
+                        _save_seen_ids(ctx, job, paths, reader)
                         return StageOutcome(done=False)
-                if segment.records is None:
-                    segment.records = RecordsWriter(ctx, paths.input_records(segment.number))
-                segment.records.write(line, tokens, text_bytes, key)
-                key += 1
+                key = _open_with(ctx, paths, segment, line, key)
     except BaseException as exc:
         segment.abort(exc)
         raise
-    _checkpoint(ctx, job, paths, segment, capabilities, held, done=True, fatal=fatal)
+    _checkpoint(ctx, job, paths, segment, capabilities, held, reader.position(), done=True, fatal=fatal)
     return StageOutcome(done=True, fatal=fatal)
 
 
-def _resumed(items: Iterator[Record | InputProblem], job: Job) -> Iterator[Record | InputProblem]:
-    """The items after the last checkpoint: the reader is deterministic, so the first `next_key` records
-    and `problems` problems are the ones already staged."""
-    records, problems = job.staging.next_key, job.staging.problems
-    for item in items:
-        if isinstance(item, InputProblem) and problems and not item.fatal:
-            problems -= 1
-        elif isinstance(item, Record) and records:
-            records -= 1
-        else:
-            yield item
+def _open_with(ctx: Context, paths: JobPaths, segment: _Segment, line: bytes, key: int) -> int:
+    """Write a record's line into the segment (opening its file first); returns the next key."""
+    if segment.records is None:
+        segment.records = RecordsWriter(ctx, paths.input_records(segment.number))
+    row = orjson.loads(line)
+    segment.records.write(line, row["tokens"], len(row["text"].encode()), int(row["key"]))
+    return int(row["key"]) + 1
+
+
+def _reader(ctx: Context, job: Job, paths: JobPaths, stream: BinaryIO, resume: ReadPosition | None) -> Any:
+    try:
+        return read_source(stream, job.source, job.options, ctx.settings, resume=resume,
+                           seen_ids=_seen_ids(ctx, job, paths, resume))
+    except ValueError as exc:
+        raise PermanentError(f"staging cannot resume where it stopped ({exc}): upload the file again") from exc
+
+
+def _seen_ids(ctx: Context, job: Job, paths: JobPaths, resume: ReadPosition | None) -> SeenIds | None:
+    """The ids read before the position: the last saved set, plus the ids of the segments staged after
+    it and of the carried record (a set: ids already in it are not counted twice)."""
+    if resume is None or resume.done or resume.format == InputFormat.DOCUMENT.value:
+        return None
+    staging = job.staging
+    seen = SeenIds.load(ctx.blobs.read(staging.seen_ids_uri)) if staging.seen_ids_uri else SeenIds()
+    for number in range(staging.seen_ids_segments, staging.segments):
+        try:
+            for _, row in iter_records(ctx, paths.input_records(number)):
+                seen.add(row["id"])
+        except NotFound:
+            continue  # a segment of problems only
+    if staging.carry_uri:
+        seen.add(orjson.loads(ctx.blobs.read(staging.carry_uri))["id"])
+    return seen
+
+
+def _save_seen_ids(ctx: Context, job: Job, paths: JobPaths, reader: Any) -> None:
+    """Before handing on: save the ids read so far, so the next invocation need not read them back."""
+    if reader.position().format == InputFormat.DOCUMENT.value:
+        return
+    staging = job.staging
+    before = staging.seen_ids_uri
+    uri = paths.seen_ids(staging.segments)
+    ctx.blobs.write_bytes(uri, reader.seen_ids.dump(), "application/octet-stream")
+    staging.seen_ids_uri, staging.seen_ids_segments = uri, staging.segments
+    save(ctx, job)
+    if before and before != uri:
+        ctx.blobs.delete(before)
 
 
 def _add_problem(ctx: Context, paths: JobPaths, segment: _Segment, problem: InputProblem) -> None:
@@ -152,11 +196,15 @@ def _add_problem(ctx: Context, paths: JobPaths, segment: _Segment, problem: Inpu
 
 
 def _checkpoint(ctx: Context, job: Job, paths: JobPaths, segment: _Segment, capabilities: Capabilities,
-                held: bool, *, done: bool, fatal: InputProblem | None = None) -> _Segment:
-    """Make the segment's files durable, then record its shard and the new position in one transaction.
-    Returns the next segment."""
+                held: bool, position: ReadPosition, *, carry: bytes | None = None, done: bool = False,
+                fatal: InputProblem | None = None) -> _Segment:
+    """Make the segment's files durable (and the carried record's), then record its shard and the reader's
+    position in one transaction. Returns the next segment."""
     totals = segment.records.close() if segment.records is not None else None
     segment.files.close()
+    carry_uri = paths.carry(segment.number + 1) if carry is not None else None
+    if carry_uri is not None:
+        ctx.blobs.write_bytes(carry_uri, carry, JSONL)
     now = ctx.clock()
     settings = ctx.settings
     options = job.options
@@ -181,6 +229,8 @@ def _checkpoint(ctx: Context, job: Job, paths: JobPaths, segment: _Segment, capa
             stored.counts.total += totals.rows
             stored.estimate = _estimate(stored.staging.tokens, stored.estimate, capabilities, settings)
         stored.staging.segments = segment.number + 1
+        stored.staging.position = position.to_dict()
+        stored.staging.carry_uri = carry_uri
         stored.staging.problems += segment.problem_count
         stored.input_problems.count += segment.problem_count
         stored.counts.input_problems += segment.problem_count
@@ -196,11 +246,22 @@ def _checkpoint(ctx: Context, job: Job, paths: JobPaths, segment: _Segment, capa
                 stored.move_to(JobState.RUNNING, now)
                 stored.complete_if_done(now)
 
-    if totals is not None or segment.problem_count or done:
+    try:
         commit(ctx, job, record)
-    else:
-        return segment
-    return _Segment(number=job.staging.segments, first_key=job.staging.next_key)
+    except LeaseLost:
+        _drop_if_ended(ctx, job, [paths.input_records(segment.number), paths.problems(segment.number), carry_uri])
+        raise
+    return _Segment(number=job.staging.segments)
+
+
+def _drop_if_ended(ctx: Context, job: Job, uris: list[str | None]) -> None:
+    """This worker lost the job while staging: if the job has ended (its staging dropped), what this worker
+    wrote since is its own to delete; else the worker that took over writes the same names."""
+    stored = ctx.jobs.get(job.job_id)
+    if stored is None or stored.terminal:
+        for uri in uris:
+            if uri:
+                ctx.blobs.delete(uri)
 
 
 def _estimate(tokens: int, estimate: Estimate, capabilities: Capabilities, settings: Any) -> Estimate:

@@ -20,7 +20,7 @@ from enum import StrEnum
 
 from shared.domain.jobs import ErrorInfo, Job, JobState, ShardState, SourceObject, job_id_for
 from shared.domain.options import OnBadRecord, OptionError, options_from_metadata
-from shared.errors import NotFound
+from shared.errors import NotFound, PermanentError
 from shared.logging import bind, get_logger
 from shared.services import messages
 from shared.services.admission import admit, configure_ledger
@@ -160,6 +160,8 @@ def _stage(ctx: Context, job: Job) -> tuple[bool, ErrorInfo | None]:
     except NotFound:
         return True, ErrorInfo(code="SOURCE_NOT_FOUND", message=(
             f"{job.source.uri} generation {job.source.generation} was deleted or replaced before it could be read"))
+    except PermanentError as exc:
+        return True, ErrorInfo(code="STAGING_FAILED", message=exc.message)
     if not outcome.done:
         return False, None
     return True, _check(job)
