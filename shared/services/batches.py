@@ -254,7 +254,9 @@ def _record(ctx: Context, provider: BatchProvider, job: Job, shard: Shard, batch
              tokens=shard.estimated_tokens)
     if batch.terminal:  # recovered after it ended: it ends now, as a poll would have seen it
         from shared.services.poll import batch_ended  # the end of a batch lives with polling
-        batch_ended(ctx, shard)
+        stored = ctx.jobs.get_shard(shard.job_id, shard.index)
+        if stored is not None and stored.batch_name == batch.name and stored.state == shard.state:
+            batch_ended(ctx, stored)
     return what
 
 

@@ -111,7 +111,7 @@ def stage_input(ctx: Context, job: Job, capabilities: Capabilities, *, held: boo
         with ctx.blobs.open_read(job.source.uri, job.source.generation, resume.open_at if resume else 0) as stream:
             reader = _reader(ctx, job, paths, stream, resume)
             if staging.carry_uri:
-                key = _open_with(ctx, paths, segment, ctx.blobs.read(staging.carry_uri), key)
+                key = _open_with(ctx, paths, segment, _read(ctx, staging.carry_uri), key)
             for item in reader:
                 if isinstance(item, InputProblem):
                     _add_problem(ctx, paths, segment, item)
@@ -159,7 +159,7 @@ def _seen_ids(ctx: Context, job: Job, paths: JobPaths, resume: ReadPosition | No
     if resume is None or resume.done or resume.format == InputFormat.DOCUMENT.value:
         return None
     staging = job.staging
-    seen = SeenIds.load(ctx.blobs.read(staging.seen_ids_uri)) if staging.seen_ids_uri else SeenIds()
+    seen = SeenIds.load(_read(ctx, staging.seen_ids_uri)) if staging.seen_ids_uri else SeenIds()
     for number in range(staging.seen_ids_segments, staging.segments):
         try:
             for _, row in iter_records(ctx, paths.input_records(number)):
@@ -167,8 +167,13 @@ def _seen_ids(ctx: Context, job: Job, paths: JobPaths, resume: ReadPosition | No
         except NotFound:
             continue  # a segment of problems only
     if staging.carry_uri:
-        seen.add(orjson.loads(ctx.blobs.read(staging.carry_uri))["id"])
+        seen.add(orjson.loads(_read(ctx, staging.carry_uri))["id"])
     return seen
+
+
+def _read(ctx: Context, uri: str) -> bytes:
+    with ctx.blobs.open_read(uri) as stream:
+        return stream.read()
 
 
 def _save_seen_ids(ctx: Context, job: Job, paths: JobPaths, reader: Any) -> None:
