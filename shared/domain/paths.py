@@ -68,6 +68,10 @@ class JobPaths:
         """Neutral records of the `segment`-th shard cut from the input (its index is allocated later)."""
         return f"{self.staging}records-{segment:06d}.jsonl"
 
+    def cache_records(self, segment: int) -> str:
+        """Records of the `segment`-th segment found in the cache, with their vectors (never sent)."""
+        return f"{self.staging}cached-{segment:06d}.jsonl"
+
     def follow_up_records(self, parent: int) -> str:
         """The failed items of shard `parent`, tried again."""
         return f"{self.staging}records-f{parent:06d}.jsonl"

@@ -45,7 +45,10 @@ def ledger_capabilities(ctx: Context, key: str) -> Capabilities:
 
 
 def admit(ctx: Context, key: str, *, inline: bool) -> int:
-    """Admit the head of ledger `key`'s queue while it has room; returns how many shards were admitted."""
+    """Admit the head of ledger `key`'s queue while it has room; returns how many shards were admitted.
+    No ledger (a shard held out of the queue, or found in the cache) admits nothing."""
+    if not key:
+        return 0
     capabilities = ledger_capabilities(ctx, key)
     now = ctx.clock()
     admitted: list[tuple[str, int]] = []

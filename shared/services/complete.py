@@ -79,6 +79,7 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
             stored.succeeded, stored.failed = output.succeeded, output.failed
             stored.reported_tokens = output.reported_tokens
             stored.cache_writes = output.cache_writes
+            stored.reused = output.succeeded if stored.origin == ShardOrigin.CACHE else 0
             stored.followed_up = follow_up is not None
             stored.lease_owner = stored.lease_until = None
             return True
@@ -129,7 +130,7 @@ def _follow_up(ctx: Context, job: Job, shard: Shard, failed: int, failed_uri: st
         item_attempt=shard.item_attempt + 1, records_uri=uri, request_count=totals.rows,
         request_bytes=totals.request_bytes, record_bytes=totals.record_bytes, estimated_tokens=totals.tokens,
         file_bytes=totals.request_bytes + result_bytes * totals.rows // max(shard.request_count, 1),
-        provider=shard.provider, ledger=shard.ledger, priority=shard.priority, fair_key=shard.fair_key,
+        provider=shard.provider, ledger=shard.ledger or job.ledger, priority=shard.priority, fair_key=shard.fair_key,
         created_at=now, updated_at=now,
     )
 

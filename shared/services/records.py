@@ -25,13 +25,16 @@ JSONL = "application/jsonl"
 REQUEST_OVERHEAD = 200
 
 
-def record_line(key: str, record: Record, tokens: int) -> bytes:
+def record_line(key: str, record: Record, tokens: int, ck: str | None = None) -> bytes:
+    """A neutral record: `ck`, when reuse is on, is its content key (shared.domain.reuse)."""
     line: dict[str, Any] = {"key": key, "id": record.id, "text": record.text}
     if record.title:
         line["title"] = record.title
     if record.metadata:
         line["metadata"] = record.metadata
     line["tokens"] = tokens
+    if ck:
+        line["ck"] = ck
     return orjson.dumps(line) + b"\n"
 
 

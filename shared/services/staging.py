@@ -21,20 +21,26 @@ while staging (its lease lapsed) deletes what it wrote if the job has ended mean
 
 from __future__ import annotations
 
+import base64
+from collections import deque
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, BinaryIO
 
 import orjson
 
 from shared.domain.capabilities import Capabilities
-from shared.domain.jobs import Estimate, Job, JobState, Shard, ShardOrigin
+from shared.domain.jobs import Estimate, Job, JobState, Shard, ShardOrigin, ShardState
 from shared.domain.paths import JobPaths
-from shared.domain.records import InputProblem
+from shared.domain.records import InputProblem, Record
+from shared.domain.reuse import CachePrices, content_key
 from shared.errors import NotFound, PermanentError
 from shared.ingest import InputFormat, ReadPosition, SeenIds, estimate_tokens, read_source
 from shared.ingest.splitter import SPLITTER_VERSION
 from shared.ports import JobTx
+from shared.services import messages
 from shared.services.context import Context
 from shared.services.leasing import LeaseLost, commit, save
 from shared.services.records import JSONL, RecordsWriter, ShardTotals, iter_records, record_line
@@ -75,21 +81,86 @@ class StageOutcome:
     fatal: InputProblem | None = None  # the problem that ended the reading early (records before it count)
 
 
+#: Records looked up in the cache at once (one batched read of documents).
+LOOKUP_BATCH = 256
+
+
+@dataclass(frozen=True)
+class _Line:
+    """One record as staged: its neutral line, and what the shard bounds and the cache need of it."""
+
+    key: int
+    line: bytes
+    tokens: int
+    text_bytes: int
+    id: str
+    ck: str | None
+
+    @classmethod
+    def of(cls, key: int, record: Record, tokens: int, ck: str | None) -> _Line:
+        return cls(key, record_line(str(key), record, tokens, ck), tokens, len(record.text.encode()), record.id, ck)
+
+    @classmethod
+    def parse(cls, line: bytes) -> _Line:
+        """A line as `of` made it (without its newline, as split from a file)."""
+        row = orjson.loads(line)
+        return cls(int(row["key"]), line.rstrip(b"\n") + b"\n", row["tokens"], len(row["text"].encode()), row["id"],
+                   row.get("ck"))
+
+    def cached(self, vector: bytes) -> bytes:
+        """Its line in a cache shard: no text (it is not sent), the vector found for it instead."""
+        row = orjson.loads(self.line)
+        del row["text"]
+        row["vector"] = base64.b64encode(vector).decode()
+        return orjson.dumps(row) + b"\n"
+
+
 @dataclass
 class _Segment:
-    """The shard being filled, and the problems met since the last checkpoint."""
+    """The shards being filled (records to send; records found in the cache), and the problems met since
+    the last checkpoint."""
 
     number: int
     records: RecordsWriter | None = None
+    cached: RecordsWriter | None = None
     problems: BinaryIO | None = None
     files: ExitStack = field(default_factory=ExitStack)
     problem_count: int = 0
     sample: list[dict[str, Any]] = field(default_factory=list)
 
     def abort(self, exc: BaseException) -> None:
-        if self.records is not None:
-            self.records.abort(exc)
+        for writer in (self.records, self.cached):
+            if writer is not None:
+                writer.abort(exc)
         self.files.__exit__(type(exc), exc, exc.__traceback__)
+
+
+class _Lookahead:
+    """The records read, in batches of `LOOKUP_BATCH` each looked up in the cache at once, with the vector
+    found for each (or None). `rest()`: the records read but not given yet."""
+
+    def __init__(self, carried: list[_Line], fresh: Iterator[_Line], lookup: Any):
+        self._queue = deque(carried)
+        self._fresh = fresh
+        self._lookup = lookup
+        self.reads = 0
+
+    def __iter__(self) -> Iterator[tuple[_Line, bytes | None]]:
+        queue = self._queue
+        while True:
+            while len(queue) < LOOKUP_BATCH and (line := next(self._fresh, None)) is not None:
+                queue.append(line)
+            if not queue:
+                return
+            keys = [line.ck for line in queue if line.ck]
+            found = self._lookup(keys) if self._lookup is not None and keys else {}
+            self.reads += len(keys)
+            while queue:
+                line = queue.popleft()
+                yield line, found.get(line.ck)
+
+    def rest(self) -> list[_Line]:
+        return list(self._queue)
 
 
 def stage_input(ctx: Context, job: Job, capabilities: Capabilities, *, held: bool = False) -> StageOutcome:
@@ -97,166 +168,223 @@ def stage_input(ctx: Context, job: Job, capabilities: Capabilities, *, held: boo
     a fatal problem ends it, or the time budget runs out (then `done` is False: hand the rest on).
     `held`: its shards stay out of the queue (no ledger) until the caller opens them. Raises
     `PermanentError` when the saved position cannot be resumed (the pipeline's reading changed meanwhile)."""
-    settings = ctx.settings
-    staging = job.staging
-    paths = JobPaths.for_source(job.source, settings.output_bucket, settings.output_prefix)
-    bounds = shard_bounds(ctx, capabilities)
-    resume = ReadPosition.from_dict(staging.position) if staging.position else None
-    if resume is None:
-        staging.splitter_version = SPLITTER_VERSION
-    segment = _Segment(number=staging.segments)
-    fatal: InputProblem | None = None
-    key = staging.next_key
-    try:
-        with ctx.blobs.open_read(job.source.uri, job.source.generation, resume.open_at if resume else 0) as stream:
-            reader = _reader(ctx, job, paths, stream, resume)
-            if staging.carry_uri:
-                key = _open_with(ctx, paths, segment, _read(ctx, staging.carry_uri), key)
-            for item in reader:
-                if isinstance(item, InputProblem):
-                    _add_problem(ctx, paths, segment, item)
-                    if item.fatal:
-                        fatal = item
-                    continue
-                tokens = estimate_tokens(item.text)
-                line = record_line(str(key), item, tokens)
-                text_bytes = len(item.text.encode())
-                if segment.records is not None and not bounds.fits(segment.records.totals, tokens, text_bytes,
-                                                                     len(line) - text_bytes):
-                    segment = _checkpoint(ctx, job, paths, segment, capabilities, held, reader.position(),
-                                          carry=line)
-                    if ctx.elapsed() >= settings.stage_budget_seconds:
-                        _save_seen_ids(ctx, job, paths, reader)
-                        return StageOutcome(done=False)
-                key = _open_with(ctx, paths, segment, line, key)
-    except BaseException as exc:
-        segment.abort(exc)
-        raise
-    _checkpoint(ctx, job, paths, segment, capabilities, held, reader.position(), done=True, fatal=fatal)
-    return StageOutcome(done=True, fatal=fatal)
+    return _Stager(ctx, job, capabilities, held).run()
 
 
-def _open_with(ctx: Context, paths: JobPaths, segment: _Segment, line: bytes, key: int) -> int:
-    """Write a record's line into the segment (opening its file first); returns the next key."""
-    if segment.records is None:
-        segment.records = RecordsWriter(ctx, paths.input_records(segment.number))
-    row = orjson.loads(line)
-    segment.records.write(line, row["tokens"], len(row["text"].encode()), int(row["key"]))
-    return int(row["key"]) + 1
+class _Stager:
+    def __init__(self, ctx: Context, job: Job, capabilities: Capabilities, held: bool):
+        self.ctx, self.job, self.capabilities, self.held = ctx, job, capabilities, held
+        settings = ctx.settings
+        self.paths = JobPaths.for_source(job.source, settings.output_bucket, settings.output_prefix)
+        self.bounds = shard_bounds(ctx, capabilities)
+        self.reuse = ctx.cache is not None and settings.reuse_embeddings and job.options.reuse
+        self.segment = _Segment(number=job.staging.segments)
+        self.fatal: InputProblem | None = None
+        self.key = job.staging.next_key
+        self.reads_counted = 0
 
-
-def _reader(ctx: Context, job: Job, paths: JobPaths, stream: BinaryIO, resume: ReadPosition | None) -> Any:
-    try:
-        return read_source(stream, job.source, job.options, ctx.settings, resume=resume,
-                           seen_ids=_seen_ids(ctx, job, paths, resume))
-    except ValueError as exc:
-        raise PermanentError(f"staging cannot resume where it stopped ({exc}): upload the file again") from exc
-
-
-def _seen_ids(ctx: Context, job: Job, paths: JobPaths, resume: ReadPosition | None) -> SeenIds | None:
-    """The ids read before the position: the last saved set, plus the ids of the segments staged after
-    it and of the carried record (a set: ids already in it are not counted twice)."""
-    if resume is None or resume.done or resume.format == InputFormat.DOCUMENT.value:
-        return None
-    staging = job.staging
-    seen = SeenIds.load(_read(ctx, staging.seen_ids_uri)) if staging.seen_ids_uri else SeenIds()
-    for number in range(staging.seen_ids_segments, staging.segments):
+    def run(self) -> StageOutcome:
+        ctx, job, staging = self.ctx, self.job, self.job.staging
+        resume = ReadPosition.from_dict(staging.position) if staging.position else None
+        if resume is None:
+            staging.splitter_version = SPLITTER_VERSION
         try:
-            for _, row in iter_records(ctx, paths.input_records(number)):
-                seen.add(row["id"])
-        except NotFound:
-            continue  # a segment of problems only
-    if staging.carry_uri:
-        seen.add(orjson.loads(_read(ctx, staging.carry_uri))["id"])
-    return seen
+            with ctx.blobs.open_read(job.source.uri, job.source.generation, resume.open_at if resume else 0) as stream:
+                self.reader = self._reader(stream, resume)
+                carried = [_Line.parse(line) for line in _read(ctx, staging.carry_uri).splitlines()] \
+                    if staging.carry_uri else []
+                if carried:
+                    self.key = carried[-1].key + 1
+                self.ahead = _Lookahead(carried, self._records(), ctx.cache.get_many if self.reuse else None)
+                for line, vector in self.ahead:
+                    cache_line = line.cached(vector) if vector is not None else None
+                    if not self._fits(line, cache_line):
+                        self._checkpoint(carry=[line, *self.ahead.rest()])
+                        if ctx.elapsed() >= ctx.settings.stage_budget_seconds:
+                            self._save_seen_ids()
+                            return StageOutcome(done=False)
+                    self._write(line, cache_line)
+        except BaseException as exc:
+            self.segment.abort(exc)
+            raise
+        self._checkpoint(done=True)
+        return StageOutcome(done=True, fatal=self.fatal)
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _reader(self, stream: BinaryIO, resume: ReadPosition | None) -> Any:
+        try:
+            return read_source(stream, self.job.source, self.job.options, self.ctx.settings, resume=resume,
+                               seen_ids=self._seen_ids(resume))
+        except ValueError as exc:
+            raise PermanentError(f"staging cannot resume where it stopped ({exc}): upload the file again") from exc
+
+    def _records(self) -> Iterator[_Line]:
+        options = self.job.options
+        for item in self.reader:
+            if isinstance(item, InputProblem):
+                self._add_problem(item)
+                if item.fatal:
+                    self.fatal = item
+                continue
+            ck = content_key(options.provider, options.model, options.task_type, options.output_dimensionality,
+                             item.title, item.text) if self.reuse else None
+            yield _Line.of(self.key, item, estimate_tokens(item.text), ck)
+            self.key += 1
+
+    def _seen_ids(self, resume: ReadPosition | None) -> SeenIds | None:
+        """The ids read before the position: the last saved set, plus the ids of the segments staged after
+        it and of the carried records (a set: ids already in it are not counted twice)."""
+        if resume is None or resume.done or resume.format == InputFormat.DOCUMENT.value:
+            return None
+        ctx, staging, paths = self.ctx, self.job.staging, self.paths
+        seen = SeenIds.load(_read(ctx, staging.seen_ids_uri)) if staging.seen_ids_uri else SeenIds()
+        for number in range(staging.seen_ids_segments, staging.segments):
+            for uri in (paths.input_records(number), paths.cache_records(number)):
+                try:
+                    for _, row in iter_records(ctx, uri):
+                        seen.add(row["id"])
+                except NotFound:
+                    continue  # no such shard in that segment
+        if staging.carry_uri:
+            for line in _read(ctx, staging.carry_uri).splitlines():
+                seen.add(orjson.loads(line)["id"])
+        return seen
+
+    def _save_seen_ids(self) -> None:
+        """Before handing on: save the ids read so far, so the next invocation need not read them back."""
+        if self.reader.position().format == InputFormat.DOCUMENT.value:
+            return
+        ctx, job, staging = self.ctx, self.job, self.job.staging
+        before = staging.seen_ids_uri
+        uri = self.paths.seen_ids(staging.segments)
+        ctx.blobs.write_bytes(uri, self.reader.seen_ids.dump(), "application/octet-stream")
+        staging.seen_ids_uri, staging.seen_ids_segments = uri, staging.segments
+        save(ctx, job)
+        if before and before != uri:
+            ctx.blobs.delete(before)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def _fits(self, line: _Line, cache_line: bytes | None) -> bool:
+        segment, bounds = self.segment, self.bounds
+        if cache_line is not None:
+            return segment.cached is None or bounds.fits(segment.cached.totals, 0, 0, len(cache_line))
+        return segment.records is None or bounds.fits(segment.records.totals, line.tokens, line.text_bytes,
+                                                      len(line.line) - line.text_bytes)
+
+    def _write(self, line: _Line, cache_line: bytes | None) -> None:
+        segment = self.segment
+        if cache_line is not None:
+            if segment.cached is None:
+                segment.cached = RecordsWriter(self.ctx, self.paths.cache_records(segment.number))
+            segment.cached.write(cache_line, line.tokens, 0, line.key)
+            return
+        if segment.records is None:
+            segment.records = RecordsWriter(self.ctx, self.paths.input_records(segment.number))
+        segment.records.write(line.line, line.tokens, line.text_bytes, line.key)
+
+    def _add_problem(self, problem: InputProblem) -> None:
+        segment = self.segment
+        if segment.problems is None:
+            segment.problems = segment.files.enter_context(
+                self.ctx.blobs.open_write(self.paths.problems(segment.number), JSONL))
+        entry = problem.to_dict()
+        segment.problems.write(orjson.dumps(entry) + b"\n")
+        segment.problem_count += 1
+        if len(segment.sample) < 20:
+            segment.sample.append(entry)
+
+    def _checkpoint(self, *, carry: list[_Line] | None = None, done: bool = False) -> None:
+        """Make the segment's files durable (and the carried records'), then record its shards and the
+        reader's position in one transaction; a new segment follows."""
+        ctx, job, paths, segment = self.ctx, self.job, self.paths, self.segment
+        sent = segment.records.close() if segment.records is not None else None
+        cached = segment.cached.close() if segment.cached is not None else None
+        segment.files.close()
+        carry_uri = paths.carry(segment.number + 1) if carry else None
+        if carry_uri is not None:
+            ctx.blobs.write_bytes(carry_uri, b"".join(line.line for line in carry), JSONL)
+        position = self.reader.position()
+        next_key = carry[0].key if carry else self.key
+        reads, self.reads_counted = self.ahead.reads - self.reads_counted, self.ahead.reads
+        to_write: list[int] = []
+
+        def record(tx: JobTx) -> None:
+            stored = tx.job
+            if sent is not None and sent.rows:
+                tx.added.append(self._input_shard(stored, sent))
+                stored.staging.tokens += sent.tokens
+            if cached is not None and cached.rows:
+                tx.added.append(self._cache_shard(stored, cached))
+                to_write.append(tx.added[-1].index)
+                stored.estimate.reused_tokens += cached.tokens
+            rows = (sent.rows if sent else 0) + (cached.rows if cached else 0)
+            stored.counts.total += rows
+            stored.estimate.cache_reads += reads
+            stored.estimate = _estimate(stored, self.capabilities, ctx.settings)
+            staging = stored.staging
+            staging.next_key = next_key
+            staging.segments = segment.number + 1
+            staging.position = position.to_dict()
+            staging.carry_uri = carry_uri
+            staging.problems += segment.problem_count
+            stored.input_problems.count += segment.problem_count
+            stored.counts.input_problems += segment.problem_count
+            for entry in segment.sample:
+                stored.input_problems.add_to_sample(entry)
+            if stored.input_problems.count:
+                stored.input_problems.uri = paths.input_errors
+            if done:
+                staging.done = True
+                staging.fatal = self.fatal.to_dict() if self.fatal is not None else None
+                stored.submitted_at = ctx.clock()
+                if stored.state == JobState.SUBMITTING and stored.counts.total:
+                    stored.move_to(JobState.RUNNING, ctx.clock())
+                    stored.complete_if_done(ctx.clock())
+
+        try:
+            commit(ctx, job, record)
+        except LeaseLost:
+            _drop_if_ended(ctx, job, [paths.input_records(segment.number), paths.cache_records(segment.number),
+                                      paths.problems(segment.number), carry_uri])
+            raise
+        if not self.held:
+            for index in to_write:
+                messages.write_shard(ctx, job.job_id, index)
+        self.segment = _Segment(number=job.staging.segments)
+
+    def _input_shard(self, job: Job, totals: ShardTotals) -> Shard:
+        """A shard of records to send: STAGED, it waits for capacity (held: outside the queue)."""
+        options, now = job.options, self.ctx.clock()
+        provider = self.ctx.provider_for(options.provider)
+        return Shard(
+            job_id=job.job_id, index=job.allocate_shard(), origin=ShardOrigin.INPUT,
+            records_uri=self.paths.input_records(self.segment.number), request_count=totals.rows,
+            request_bytes=totals.request_bytes, record_bytes=totals.record_bytes,
+            file_bytes=totals.request_bytes + provider.result_bytes(totals.rows, options.output_dimensionality),
+            estimated_tokens=totals.tokens, provider=options.provider,
+            ledger="" if self.held else self.capabilities.ledger_key,
+            priority=options.priority, fair_key=job.staging.fair_start + job.staging.tokens,
+            created_at=now, updated_at=now,
+        )
+
+    def _cache_shard(self, job: Job, totals: ShardTotals) -> Shard:
+        """A shard of records found in the cache: nothing to send, it is ready to write (SUCCEEDED; due, so
+        the poller hands it to `complete` again if the message is lost)."""
+        options, now = job.options, self.ctx.clock()
+        return Shard(
+            job_id=job.job_id, index=job.allocate_shard(), origin=ShardOrigin.CACHE, state=ShardState.SUCCEEDED,
+            records_uri=self.paths.cache_records(self.segment.number), request_count=totals.rows,
+            record_bytes=totals.record_bytes, estimated_tokens=totals.tokens, provider=options.provider,
+            priority=options.priority, succeeded=totals.rows, created_at=now, updated_at=now,
+            next_poll_at=None if self.held else now + timedelta(minutes=self.ctx.settings.complete_stale_minutes),
+        )
 
 
 def _read(ctx: Context, uri: str) -> bytes:
     with ctx.blobs.open_read(uri) as stream:
         return stream.read()
-
-
-def _save_seen_ids(ctx: Context, job: Job, paths: JobPaths, reader: Any) -> None:
-    """Before handing on: save the ids read so far, so the next invocation need not read them back."""
-    if reader.position().format == InputFormat.DOCUMENT.value:
-        return
-    staging = job.staging
-    before = staging.seen_ids_uri
-    uri = paths.seen_ids(staging.segments)
-    ctx.blobs.write_bytes(uri, reader.seen_ids.dump(), "application/octet-stream")
-    staging.seen_ids_uri, staging.seen_ids_segments = uri, staging.segments
-    save(ctx, job)
-    if before and before != uri:
-        ctx.blobs.delete(before)
-
-
-def _add_problem(ctx: Context, paths: JobPaths, segment: _Segment, problem: InputProblem) -> None:
-    if segment.problems is None:
-        segment.problems = segment.files.enter_context(ctx.blobs.open_write(paths.problems(segment.number), JSONL))
-    entry = problem.to_dict()
-    segment.problems.write(orjson.dumps(entry) + b"\n")
-    segment.problem_count += 1
-    if len(segment.sample) < 20:
-        segment.sample.append(entry)
-
-
-def _checkpoint(ctx: Context, job: Job, paths: JobPaths, segment: _Segment, capabilities: Capabilities,
-                held: bool, position: ReadPosition, *, carry: bytes | None = None, done: bool = False,
-                fatal: InputProblem | None = None) -> _Segment:
-    """Make the segment's files durable (and the carried record's), then record its shard and the reader's
-    position in one transaction. Returns the next segment."""
-    totals = segment.records.close() if segment.records is not None else None
-    segment.files.close()
-    carry_uri = paths.carry(segment.number + 1) if carry is not None else None
-    if carry_uri is not None:
-        ctx.blobs.write_bytes(carry_uri, carry, JSONL)
-    now = ctx.clock()
-    settings = ctx.settings
-    options = job.options
-    provider = ctx.provider_for(options.provider)
-
-    def record(tx: JobTx) -> None:
-        stored = tx.job
-        if totals is not None and totals.rows:
-            index = stored.allocate_shard()
-            tx.added.append(Shard(
-                job_id=stored.job_id, index=index, origin=ShardOrigin.INPUT,
-                records_uri=paths.input_records(segment.number), request_count=totals.rows,
-                request_bytes=totals.request_bytes, record_bytes=totals.record_bytes,
-                file_bytes=totals.request_bytes + provider.result_bytes(totals.rows, options.output_dimensionality),
-                estimated_tokens=totals.tokens, provider=options.provider,
-                ledger="" if held else capabilities.ledger_key,
-                priority=options.priority, fair_key=stored.staging.fair_start + stored.staging.tokens,
-                created_at=now, updated_at=now,
-            ))
-            stored.staging.tokens += totals.tokens
-            stored.staging.next_key += totals.rows
-            stored.counts.total += totals.rows
-            stored.estimate = _estimate(stored.staging.tokens, stored.estimate, capabilities, settings)
-        stored.staging.segments = segment.number + 1
-        stored.staging.position = position.to_dict()
-        stored.staging.carry_uri = carry_uri
-        stored.staging.problems += segment.problem_count
-        stored.input_problems.count += segment.problem_count
-        stored.counts.input_problems += segment.problem_count
-        for entry in segment.sample:
-            stored.input_problems.add_to_sample(entry)
-        if stored.input_problems.count:
-            stored.input_problems.uri = paths.input_errors
-        if done:
-            stored.staging.done = True
-            stored.staging.fatal = fatal.to_dict() if fatal is not None else None
-            stored.submitted_at = now
-            if stored.state == JobState.SUBMITTING and stored.counts.total:
-                stored.move_to(JobState.RUNNING, now)
-                stored.complete_if_done(now)
-
-    try:
-        commit(ctx, job, record)
-    except LeaseLost:
-        _drop_if_ended(ctx, job, [paths.input_records(segment.number), paths.problems(segment.number), carry_uri])
-        raise
-    return _Segment(number=job.staging.segments)
 
 
 def _drop_if_ended(ctx: Context, job: Job, uris: list[str | None]) -> None:
@@ -269,11 +397,17 @@ def _drop_if_ended(ctx: Context, job: Job, uris: list[str | None]) -> None:
                 ctx.blobs.delete(uri)
 
 
-def _estimate(tokens: int, estimate: Estimate, capabilities: Capabilities, settings: Any) -> Estimate:
+def _estimate(job: Job, capabilities: Capabilities, settings: Any) -> Estimate:
+    """What the job's staged records cost to send, and what the ones found in the cache saved."""
     batch = settings.price_batch_per_million if settings.price_batch_per_million is not None \
         else capabilities.price_batch_per_million
     interactive = settings.price_interactive_per_million if settings.price_interactive_per_million is not None \
         else capabilities.price_interactive_per_million
-    return Estimate(input_tokens=tokens, reported_tokens=estimate.reported_tokens,
-                    cost_batch_usd=round(tokens * batch / 1e6, 9),
-                    cost_interactive_usd=round(tokens * interactive / 1e6, 9))
+    sent, estimate = job.staging.tokens, job.estimate
+    return estimate.model_copy(update={
+        "input_tokens": sent + estimate.reused_tokens,
+        "cost_batch_usd": round(sent * batch / 1e6, 9),
+        "cost_interactive_usd": round(sent * interactive / 1e6, 9),
+        "saved_usd": round(estimate.reused_tokens * batch / 1e6, 9),
+        "cache_usd": CachePrices.cost(estimate.cache_reads, estimate.cache_writes),
+    })

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from shared.domain.jobs import ErrorInfo, Job, JobState, ShardState, SourceObject, job_id_for
+from shared.domain.jobs import ErrorInfo, Job, JobState, ShardOrigin, ShardState, SourceObject, job_id_for
 from shared.domain.options import OnBadRecord, OptionError, options_from_metadata
 from shared.errors import NotFound, PermanentError
 from shared.logging import bind, get_logger
@@ -193,5 +193,10 @@ def _open_to_queue(ctx: Context, job: Job) -> None:
     for shard in ctx.jobs.shards(job.job_id, states=[ShardState.STAGED.value]):
         if not shard.ledger:
             ctx.jobs.update_shard(job.job_id, shard.index, lambda s: setattr(s, "ledger", job.ledger))
+    stale = ctx.clock() + timedelta(minutes=ctx.settings.complete_stale_minutes)
+    for shard in ctx.jobs.shards(job.job_id, states=[ShardState.SUCCEEDED.value]):
+        if shard.origin == ShardOrigin.CACHE and shard.next_poll_at is None:  # found in the cache: write it
+            ctx.jobs.update_shard(job.job_id, shard.index, lambda s: setattr(s, "next_poll_at", stale))
+            messages.write_shard(ctx, job.job_id, shard.index)
     job.staging.opened = True
     save(ctx, job)

@@ -99,7 +99,9 @@ def test_submit_creates_one_job_and_one_batch_per_shard(ctx):
     assert ctx.provider.calls["upload"] == 1 and ctx.provider.calls["create"] == 1
     assert job.estimate.input_tokens > 0 and job.estimate.cost_interactive_usd == pytest.approx(2 * job.estimate.cost_batch_usd)
     records = [orjson.loads(line) for line in ctx.blobs.read(shard.records_uri).splitlines()]
-    assert records[0] == {"key": "0", "id": "doc-0", "text": "text number 0", "metadata": {"n": 0}, "tokens": records[0]["tokens"]}
+    assert records[0] == {"key": "0", "id": "doc-0", "text": "text number 0", "metadata": {"n": 0},
+                          "tokens": records[0]["tokens"], "ck": records[0]["ck"]}
+    assert len(records[0]["ck"]) == 64, "reuse is on: each record carries its content key"
 
 
 def test_repeated_deliveries_make_one_job_and_one_batch(ctx):

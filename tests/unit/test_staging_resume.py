@@ -48,7 +48,7 @@ def stage(data: bytes, name: str, content_type: str, *, budget: float, encoding:
     source = upload(ctx, name, data, content_type, encoding)
     job_id = submit_object(ctx.for_invocation(), source).job_id
     deliveries = 1
-    while not ctx.jobs.get(job_id).staging.done:
+    while not ctx.jobs.get(job_id).staging.done and not ctx.jobs.get(job_id).terminal:
         deliveries += 1
         assert deliveries < 500, "staging does not advance"
         worker = ctx.for_invocation()
