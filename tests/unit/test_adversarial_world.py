@@ -7,12 +7,15 @@ No tests here; `test_adversarial_breaks.py` (guarantees the code does not keep y
 - `hooked(port, method, before=..., after=...)`: a port whose method runs a callback around the real call,
   once: how a test makes another worker act at one exact moment of a worker's run (the moment a zombie is
   frozen, the moment a concurrent worker slips in);
-- `clean_end(world, job_id)`: everything a job must leave when it has ended.
+- `clean_end(world, job_id)`: everything a job must leave when it has ended;
+- `Frozen`: a worker run in its own thread and frozen at one moment (a hook), resumed when the test says:
+  how a test interleaves two workers that each need to be stopped mid-way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -246,3 +249,60 @@ class Hooked:
 def worker_with(world: World, **ports: Any) -> Any:
     """A fresh worker (its own lease owner) whose named ports are replaced (`jobs=Hooked(...)`, ...)."""
     return dataclasses.replace(world.ctx.for_invocation(), **ports)
+
+
+# -- a worker frozen mid-way while others run ---------------------------------------------------------
+
+
+class Frozen:
+    """A worker run in a thread of its own and frozen at one moment of its run (inside one port call, via
+    `Hooked(..., before=frozen.here)` or `after=frozen.here`), while the test moves other workers; `resume()`
+    lets it run to its end. Deterministic: at any time only one of the two runs.
+
+        frozen = Frozen(lambda: admit(worker_b, key, inline=False))   # worker_b's hook calls frozen.here
+        frozen.start()            # returns once B is frozen (or has ended)
+        ...                       # other workers act
+        frozen.resume()           # B runs on to its end; returns its result, or raises what it raised
+    """
+
+    TIMEOUT = 20.0
+
+    def __init__(self, work: Callable[[], Any]):
+        self._work = work
+        self._frozen, self._go, self._ended = threading.Event(), threading.Event(), threading.Event()
+        self._outcome: tuple[bool, Any] = (False, None)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def here(self, *_: Any, **__: Any) -> None:
+        """The hook's callback: freeze until resumed."""
+        self._frozen.set()
+        if not self._go.wait(self.TIMEOUT):
+            raise Crash("never resumed")
+
+    def _run(self) -> None:
+        try:
+            self._outcome = (True, self._work())
+        except BaseException as exc:  # noqa: BLE001 - handed to `resume`
+            self._outcome = (False, exc)
+        finally:
+            self._ended.set()
+            self._frozen.set()
+
+    def start(self) -> Frozen:
+        self._thread.start()
+        assert self._frozen.wait(self.TIMEOUT), "the worker never reached its frozen moment"
+        return self
+
+    @property
+    def reached(self) -> bool:
+        """Whether it froze at its moment (False: it ended without reaching it)."""
+        return self._frozen.is_set() and not self._ended.is_set()
+
+    def resume(self) -> Any:
+        self._go.set()
+        assert self._ended.wait(self.TIMEOUT), "the worker did not end once resumed"
+        self._thread.join(self.TIMEOUT)
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
