@@ -464,6 +464,9 @@ class Shard(BaseModel):
     # Batches of this shard a worker made after losing it and could not cancel: the next poll of the shard
     # (due at once, final or not) or the pass that stops its job cancels them.
     strays: list[str] = Field(default_factory=list)
+    # Tags of creates whose answers a worker that had lost the shard never got: any batch of the tag the
+    # shard did not adopt is cancelled the same way.
+    stray_tags: list[str] = Field(default_factory=list)
     succeeded: int = 0
     failed: int = 0
     pending: int = 0

@@ -15,9 +15,10 @@ with anything else in the project. The ledger keeps the pipeline inside them:
   accepted a batch that large alone recently: then the cap is shared and the ledger only holds off):
   `refused` says so, and the caller splits it. A shard larger than the current limit is split before it
   is tried.
-- Every hold carries a reservation id, which its shard carries too: only a release naming it frees it, so a
-  worker acting late (a refusal crossing a new admission, a reconciliation deciding on a stale read) never
-  frees capacity a batch now uses.
+- Every hold is a reservation, with an id its shard carries too: only a release naming it frees it, so a
+  worker acting late (a refusal crossing a new admission, two admitters crossing, a reconciliation deciding
+  on a stale read) never frees capacity a batch now uses. A reservation its shard never took (an admitter
+  that died or lost the race) is reclaimed by reconciliation once a lease old.
 - `virtual_time` orders the queue fairly (start-time fair queueing by tokens): a job's shards are keyed from
   the virtual time when it arrived, plus the tokens of its shards before them, so a small job arriving
   behind a huge one of the same priority waits for about one of the huge job's shards, not for all of them.
@@ -55,8 +56,10 @@ class Admission(StrEnum):
     TOO_LARGE = "too_large"  # larger than the limit even with nothing else held: split it
 
 
-def holder_id(job_id: str, shard: int) -> str:
-    return f"{job_id}/{shard}"
+def holder_id(job_id: str, shard: int, reservation: str) -> str:
+    """A hold's key: one per reservation, so two admissions of one shard crossing are two holds (counted
+    twice for a moment: the safe side) and neither can drop the other's."""
+    return f"{job_id}/{shard}#{reservation}"
 
 
 class Hold(BaseModel):
@@ -122,29 +125,22 @@ class Ledger(BaseModel):
             self.learned_limit = None
 
     def _hold_of(self, job_id: str, shard: int, reservation: str | None) -> Hold | None:
-        hold = self.holds.get(holder_id(job_id, shard))
-        return hold if hold is not None and reservation is not None and hold.reservation == reservation else None
+        return self.holds.get(holder_id(job_id, shard, reservation)) if reservation is not None else None
 
     # -- admission ----------------------------------------------------------------------------
 
     def admit(self, job_id: str, shard: int, tokens: int, file_bytes: int, fair_key: float,
               now: datetime, *, splittable: bool = True) -> tuple[Admission, str | None]:
         """Reserve capacity for a shard's batch, if it fits now; returns the outcome and the new reservation
-        id (the shard carries it; a release must name it). A hold left by an earlier admission of the shard
-        (interrupted, or being released by a refused worker) is replaced, never counted twice. A shard over
-        the limit is TOO_LARGE (split it); one that cannot be split (one item) is tried alone."""
-        key = holder_id(job_id, shard)
-        stale = self.holds.pop(key, None)
+        id (the shard carries it; a release must name it). A shard over the limit is TOO_LARGE (split it);
+        one that cannot be split (one item) is tried alone."""
         if self._holding_off(now):
-            self._restore(key, stale)
             return Admission.WAIT, None
         limit = self.effective_limit
         if limit is not None and tokens > limit:
             if splittable:
-                self._restore(key, stale)
                 return Admission.TOO_LARGE, None
             if self.tokens_held:
-                self._restore(key, stale)
                 return Admission.WAIT, None
             limit = tokens
         fits = (
@@ -153,19 +149,14 @@ class Ledger(BaseModel):
             and (self.file_limit is None or self.file_bytes_held + file_bytes <= self.file_limit)
         )
         if not fits:
-            self._restore(key, stale)
             return Admission.WAIT, None
         self.reservations += 1
         reservation = f"r{self.reservations}"
-        self.holds[key] = Hold(job_id=job_id, shard=shard, reservation=reservation, tokens=tokens, batch=True,
+        self.holds[holder_id(job_id, shard, reservation)] = Hold(job_id=job_id, shard=shard, reservation=reservation, tokens=tokens, batch=True,
                                file_bytes=file_bytes, since=now)
         self.virtual_time = max(self.virtual_time, fair_key)
         self.updated_at = now
         return Admission.ADMITTED, reservation
-
-    def _restore(self, key: str, hold: Hold | None) -> None:
-        if hold is not None:
-            self.holds[key] = hold
 
     def created(self, job_id: str, shard: int, reservation: str | None, now: datetime) -> None:
         """A create went through: remember the size accepted alone, and after a quiet while raise a learned
@@ -198,7 +189,7 @@ class Ledger(BaseModel):
         project: the ledger only holds off a while."""
         hold = self._hold_of(job_id, shard, reservation)
         if hold is not None:
-            del self.holds[holder_id(job_id, shard)]
+            del self.holds[holder_id(job_id, shard, hold.reservation)]
         others = self.tokens_held
         self.refusals += 1
         self.updated_at = now
@@ -220,8 +211,9 @@ class Ledger(BaseModel):
     def rate_limited(self, job_id: str, shard: int, reservation: str | None, now: datetime, seconds: float) -> None:
         """A create was refused with a Retry-After: a rate limit, not the cap. Release the shard's hold and
         ask nothing more until then; the limit stays as it is."""
-        if self._hold_of(job_id, shard, reservation) is not None:
-            del self.holds[holder_id(job_id, shard)]
+        hold = self._hold_of(job_id, shard, reservation)
+        if hold is not None:
+            del self.holds[holder_id(job_id, shard, hold.reservation)]
         self.refusals += 1
         self.hold_off_until = now + timedelta(seconds=seconds)
         self.updated_at = now
@@ -254,7 +246,7 @@ class Ledger(BaseModel):
         hold.tokens = 0
         hold.batch = False
         if not keep_files or hold.file_bytes == 0:
-            del self.holds[holder_id(job_id, shard)]
+            del self.holds[holder_id(job_id, shard, hold.reservation)]
         self.updated_at = now
 
     def release(self, job_id: str, shard: int, reservation: str | None, now: datetime) -> None:
@@ -262,7 +254,7 @@ class Ledger(BaseModel):
         hold = self._hold_of(job_id, shard, reservation)
         if hold is None:
             return
-        del self.holds[holder_id(job_id, shard)]
+        del self.holds[holder_id(job_id, shard, hold.reservation)]
         if hold.tokens:
             self._note_finished(hold.tokens, now)
         self.updated_at = now
@@ -274,7 +266,7 @@ class Ledger(BaseModel):
         hold = self._hold_of(job_id, shard, reservation)
         if hold is None:
             return
-        del self.holds[holder_id(job_id, shard)]
+        del self.holds[holder_id(job_id, shard, hold.reservation)]
         if hold.tokens:
             self._note_finished(hold.tokens, now)
         if hold.file_bytes:

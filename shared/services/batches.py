@@ -32,7 +32,7 @@ from shared.logging import get_logger
 from shared.ports import BatchProvider, JobTx, ProviderBatch, ProviderState
 from shared.services import messages
 from shared.services.context import Context
-from shared.services.leasing import LeaseLost, lease_left, leased_shard, save_shard
+from shared.services.leasing import LeaseLost, ShardMoved, lease_left, leased_shard, save_shard
 from shared.services.records import staged_items
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "cancel_strays",
     "close_shard",
     "create_batch_for",
+    "drop_results",
     "provider_of",
     "release_capacity",
     "resolve_by_tag",
@@ -51,6 +52,8 @@ log = get_logger(__name__)
 
 #: How far before the CREATING mark a recovered batch may have been created (clock skew).
 RECOVERY_MARGIN = timedelta(minutes=10)
+#: The Files API keeps a file 48 hours: a results file it will not delete frees its storage then.
+RESULTS_KEPT = timedelta(hours=48)
 #: Time a create call needs beyond its HTTP timeout (connection set-up, our own saves around it).
 CREATE_SLACK_SECONDS = 30.0
 #: Seconds the ledger asks nothing after an upload refused for storage (results files fill it for 48 h).
@@ -163,8 +166,30 @@ def abandon_shard(ctx: Context, shard: Shard, error: ErrorInfo, *, owner: str | 
         return False
     if shard.input_ref:
         _delete_input(ctx, shard)
-    release_capacity(ctx, shard)
+    if shard.state == ShardState.SUCCEEDED:  # its results exist at the provider: they go, or stay counted
+        drop_results(ctx, shard)
+    else:
+        release_capacity(ctx, shard)
     return last
+
+
+def drop_results(ctx: Context, shard: Shard) -> None:
+    """Delete the batch's results at the provider; its files' capacity is free once they are gone, or when
+    they expire if the provider keeps them (Gemini refuses to delete results files: 48 h)."""
+    if not shard.batch_name:
+        release_capacity(ctx, shard)
+        return
+    try:
+        deleted = provider_of(ctx, shard).delete_results(shard.batch_name)
+    except Exception:  # noqa: BLE001 - they expire on their own
+        log.warning("could not delete batch results", shard=shard.index, batch=shard.batch_name, exc_info=True)
+        deleted = False
+    if deleted or not shard.ledger or shard.reservation is None:
+        release_capacity(ctx, shard)
+        return
+    now = ctx.clock()
+    ctx.ledgers.update(shard.ledger, lambda ledger: ledger.files_kept_until(
+        shard.job_id, shard.index, shard.reservation, now + RESULTS_KEPT, now))
 
 
 def _delete_input(ctx: Context, shard: Shard) -> None:
@@ -211,7 +236,7 @@ def create_batch_for(ctx: Context, job_id: str, index: int) -> str:
             return _refused(ctx, shard, exc)
         except TransientError:  # made or not: the next worker recovers it by its tag
             shard.uncertain_create = True
-            _quietly_save(ctx, shard)
+            _note_uncertain(ctx, shard)
             raise
         except PermanentError as exc:
             last = abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"the provider refused the batch: {exc.message}"),
@@ -222,11 +247,26 @@ def create_batch_for(ctx: Context, job_id: str, index: int) -> str:
         return _record(ctx, provider, job, shard, batch, "created")
 
 
-def _quietly_save(ctx: Context, shard: Shard) -> None:
+def _note_uncertain(ctx: Context, shard: Shard) -> None:
+    """A create may have made a batch. Under the lease that is saved with the shard (the next worker
+    recovers by the tag). A worker that lost the shard names the tag as stray instead, unfenced, and makes
+    the shard due (its next poll cancels any batch of the tag the shard did not adopt); unless the shard is
+    being created by another worker, it cancels them at once itself."""
     try:
         save_shard(ctx, shard)
+    except (LeaseLost, ShardMoved):
+        now, tag = ctx.clock(), shard.tag()
+        stored, _ = ctx.jobs.update_shard(shard.job_id, shard.index, lambda s: _note_stray_tag(s, tag, now))
+        if stored.state != ShardState.CREATING:
+            cancel_strays(ctx, stored)
     except TransientError:
         log.warning("could not note an uncertain create", shard=shard.index, exc_info=True)
+
+
+def _note_stray_tag(shard: Shard, tag: str, now: datetime) -> None:
+    if tag not in shard.stray_tags:
+        shard.stray_tags.append(tag)
+    shard.next_poll_at = min(shard.next_poll_at or now, now)
 
 
 def _record(ctx: Context, provider: BatchProvider, job: Job, shard: Shard, batch: ProviderBatch, what: str) -> str:
@@ -266,14 +306,26 @@ def _note_stray(shard: Shard, name: str, now: datetime) -> None:
     shard.next_poll_at = min(shard.next_poll_at or now, now)
 
 
-def cancel_strays(ctx: Context, shard: Shard) -> None:
-    """Cancel the batches named stray on the shard, then forget them (a failed cancel raises: they stay)."""
+def cancel_strays(ctx: Context, shard: Shard, *, stopping: bool = False) -> None:
+    """Cancel the batches named stray on the shard, and those of its stray tags it did not adopt, then
+    forget them (a failed cancel raises: they stay). A CREATING shard's tags wait (its creator may be about
+    to adopt a batch of one) unless the shard is `stopping`."""
     provider = provider_of(ctx, shard)
-    for name in shard.strays:
+    names = list(shard.strays)
+    tags = list(shard.stray_tags) if stopping or shard.state != ShardState.CREATING else []
+    since = shard.created_at - RECOVERY_MARGIN
+    for tag in tags:
+        names += [b.name for b in provider.find_batches(tag, created_after=since)
+                  if b.name != shard.batch_name and not b.terminal]
+    for name in names:
         log.warning("cancelling a batch its creator could not", shard=shard.index, batch=name)
         stop_batch(ctx, provider, name)
-    done = set(shard.strays)
-    ctx.jobs.update_shard(shard.job_id, shard.index, lambda s: setattr(s, "strays", [n for n in s.strays if n not in done]))
+
+    def forget(stored: Shard) -> None:
+        stored.strays = [n for n in stored.strays if n not in shard.strays]
+        stored.stray_tags = [t for t in stored.stray_tags if t not in tags]
+
+    ctx.jobs.update_shard(shard.job_id, shard.index, forget)
 
 
 def _note_admitted(ctx: Context, job_id: str, now: datetime) -> None:
@@ -287,15 +339,15 @@ def _note_admitted(ctx: Context, job_id: str, now: datetime) -> None:
 def _refused(ctx: Context, shard: Shard, exc: CapacityExhausted) -> str:
     """No capacity after all: nothing was made. The shard waits again (or is split), the ledger learns."""
     now = ctx.clock()
-    if shard.input_ref:  # the ledger frees its bytes with the hold: do not keep it at the provider
-        _delete_input(ctx, shard)
-    reservation = shard.reservation
+    reservation, input_ref = shard.reservation, shard.input_ref
     shard.input_ref = None
     shard.create_started_at = None
     shard.reservation = None
     shard.move_to(ShardState.STAGED, now)
     shard.next_poll_at = None
-    save_shard(ctx, shard, last=True)
+    save_shard(ctx, shard, last=True)  # fenced: a worker that lost the shard touches nothing of its batch
+    if input_ref:  # the ledger frees its bytes with the hold: do not keep it at the provider
+        _delete_input(ctx, shard.model_copy(update={"input_ref": input_ref}))
     if exc.retry_after is not None:  # a rate limit says when: wait that long, learn nothing about the cap
         ctx.ledgers.update(shard.ledger, lambda ledger: ledger.rate_limited(
             shard.job_id, shard.index, reservation, now, exc.retry_after))

@@ -97,8 +97,8 @@ def stop_shards(ctx: Context, job: Job, error: ErrorInfo, *, keep_ready: bool = 
             continue
         provider = provider_of(ctx, shard)
         batch = shard.batch_name
-        if shard.strays:
-            cancel_strays(ctx, shard)
+        if shard.strays or shard.stray_tags:
+            cancel_strays(ctx, shard, stopping=True)
         if shard.state == ShardState.CREATING and shard.create_started_at is not None:
             found = resolve_by_tag(ctx, provider, shard, keep=True)  # the others are cancelled
             batch = found.name if found is not None else None

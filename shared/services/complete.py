@@ -18,13 +18,11 @@ invocations. Guarantees:
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from shared.domain.jobs import ErrorInfo, Job, JobState, Shard, ShardOrigin, ShardState
 from shared.errors import PermanentError
 from shared.logging import get_logger
 from shared.services.admission import admit
-from shared.services.batches import abandon_shard, close_shard, provider_of, release_capacity
+from shared.services.batches import abandon_shard, close_shard, drop_results
 from shared.services.context import Context
 from shared.services.finish import finish_job, paths_of
 from shared.services.leasing import LeaseLost, leased_shard
@@ -34,9 +32,6 @@ from shared.services.records import iter_records, write_subset
 __all__ = ["complete_message", "write_shard"]
 
 log = get_logger(__name__)
-
-#: The Files API keeps a file 48 hours: a results file it will not delete frees its storage then.
-RESULTS_KEPT = timedelta(hours=48)
 
 
 def complete_message(ctx: Context, job_id: str, shard: int | None) -> str:
@@ -95,22 +90,28 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
             return "already_written"
     log.info("shard written", shard=index, succeeded=output.succeeded, failed=output.failed,
              follow_up=follow_up is not None)
-    _drop_results(ctx, shard)
+    drop_results(ctx, shard)
     if follow_up is not None and not last:
         admit(ctx, shard.ledger, inline=True)
     return _finish(ctx, job_id, last, "written")
 
 
 def _discard_late_writes(ctx: Context, job_id: str, index: int) -> None:
-    """Another worker wrote the shard while this one did (its lease lapsed): the output files are the same
-    bytes under the same names, but the staging files this one wrote may have landed after the job ended
-    and dropped its staging. Then they are this worker's to delete."""
+    """This worker's lease lapsed while it wrote the shard. If another wrote it, the output files are the
+    same bytes under the same names; if it was abandoned meanwhile, its output files must not exist (its
+    items count as failed). The staging files this one wrote may have landed after the job ended and
+    dropped its staging: then they are this worker's to delete."""
     job = ctx.jobs.get(job_id)
-    if job is None or not job.terminal:
-        return  # the same files the shard's writer made, still in use; the job drops them at its end
+    stored = ctx.jobs.get_shard(job_id, index)
+    if job is None:
+        return
     paths = paths_of(ctx, job)
-    for uri in (paths.failed_items(index), paths.index_part(index), paths.follow_up_records(index)):
-        ctx.blobs.delete(uri)
+    if stored is not None and stored.state == ShardState.ABANDONED:
+        for uri in (paths.embeddings(index), paths.parquet(index)):
+            ctx.blobs.delete(uri)
+    if job.terminal:  # else: the same files the shard's writer made, in use; the job drops them at its end
+        for uri in (paths.failed_items(index), paths.index_part(index), paths.follow_up_records(index)):
+            ctx.blobs.delete(uri)
 
 
 def _follow_up(ctx: Context, job: Job, shard: Shard, failed: int, failed_uri: str | None) -> Shard | None:
@@ -133,23 +134,6 @@ def _follow_up(ctx: Context, job: Job, shard: Shard, failed: int, failed_uri: st
         provider=shard.provider, ledger=shard.ledger or job.ledger, priority=shard.priority, fair_key=shard.fair_key,
         created_at=now, updated_at=now,
     )
-
-
-def _drop_results(ctx: Context, shard: Shard) -> None:
-    """Delete the batch's results at the provider; its files' capacity is free once they are gone, or when
-    they expire if the provider keeps them."""
-    provider = provider_of(ctx, shard)
-    try:
-        deleted = provider.delete_results(shard.batch_name)
-    except Exception:  # noqa: BLE001 - they expire on their own
-        log.warning("could not delete batch results", shard=shard.index, batch=shard.batch_name, exc_info=True)
-        deleted = False
-    if deleted:
-        release_capacity(ctx, shard)
-    else:
-        now = ctx.clock()
-        ctx.ledgers.update(shard.ledger, lambda ledger: ledger.files_kept_until(
-            shard.job_id, shard.index, shard.reservation, now + RESULTS_KEPT, now))
 
 
 def _finish(ctx: Context, job_id: str, last: bool, step: str) -> str:

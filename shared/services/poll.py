@@ -171,8 +171,8 @@ def _count(summary: PollSummary, step: str) -> None:
 def poll_shard(ctx: Context, shard: Shard) -> str:
     """Move one due shard (as the tick read it) one step; returns what was done."""
     now = ctx.clock()
-    if shard.strays:  # no lease needed: a cancel is idempotent; the shard stays due for its own step
-        cancel_strays(ctx, shard)
+    if shard.strays or (shard.stray_tags and shard.state != ShardState.CREATING):
+        cancel_strays(ctx, shard)  # no lease needed: a cancel is idempotent; the shard stays due for its step
         return "strays_cancelled"
     if shard.leased_by_other(ctx.owner, now) and shard.state != ShardState.CREATING:
         return "skipped"

@@ -28,6 +28,7 @@ from shared.domain.jobs import (
 from shared.domain.ledger import Hold, Ledger
 from shared.logging import get_logger
 from shared.services import messages
+from shared.services.batches import RESULTS_KEPT
 from shared.services.context import Context
 
 __all__ = ["reconcile_inputs", "reconcile_ledger"]
@@ -36,7 +37,6 @@ log = get_logger(__name__)
 
 #: Holds checked per ledger per tick at most (each costs one shard read).
 _CHECKS_PER_TICK = 20
-RESULTS_KEPT = timedelta(hours=48)
 _MARKER = "reconcile_inputs"
 
 

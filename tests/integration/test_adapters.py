@@ -246,8 +246,8 @@ def test_ledgers_update_atomically_and_are_listed(ledgers):
     ledger = ledgers.get("gemini~m")
     assert ledger.tokens_held == 60 and len(ledger.holds) == 6 and ledgers.list_keys() == ["gemini~m"]
     _, (again, reservation) = ledgers.update("gemini~m", lambda book: book.admit("job", 0, 10, 0, 0.0, NOW))
-    assert again == Admission.ADMITTED and ledgers.get("gemini~m").holds["job/0"].reservation == reservation
-    assert ledgers.get("gemini~m").tokens_held == 60, "an admission again replaces the shard's hold"
+    assert again == Admission.ADMITTED and ledgers.get("gemini~m").holds[f"job/0#{reservation}"].shard == 0
+    assert ledgers.get("gemini~m").tokens_held == 70, "a second admission of a shard is a second reservation"
 
 
 def test_markers_and_batched_existence(repo):

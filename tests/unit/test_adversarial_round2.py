@@ -206,7 +206,7 @@ def test_a_batch_recovered_after_it_ended_ends_in_the_recovery_itself(ended):
     before = world.shards(job_id)[0]
     assert before.state == ShardState.CREATING and before.input_ref in world.provider.files
     assert create_batch_for(world.ctx.for_invocation(), job_id, 0) == "recovered"
-    hold = world.holds(world.job(job_id)).get(holder_id(job_id, 0))
+    hold = world.holds(world.job(job_id)).get(holder_id(job_id, 0, before.reservation or ""))
     assert before.input_ref not in world.provider.files, "the recovered batch's input is still at the provider"
     assert hold is None or hold.reservation != before.reservation or hold.tokens == 0, \
         "the ended batch's tokens are still held"

@@ -176,7 +176,7 @@ def uncounted_in_flight(world: World, job_id: str) -> list[int]:
     job = world.job(job_id)
     holds = world.holds(job)
     return [s.index for s in world.shards(job_id)
-            if s.state in SHARD_HOLDS_TOKENS and holder_id(job_id, s.index) not in holds]
+            if s.state in SHARD_HOLDS_TOKENS and holder_id(job_id, s.index, s.reservation or "") not in holds]
 
 
 def orphans(world: World) -> list[str]:

@@ -73,9 +73,6 @@ class Book:
 def test_admits_within_tokens_batches_and_files():
     book = Book(limit=100, batches=2, files=1000)
     assert book.admit(0, 60, 400, 0.0, NOW) == Admission.ADMITTED
-    first = book.reservations[0]
-    assert book.admit(0, 60, 400, 0.0, NOW) == Admission.ADMITTED, "an interrupted admission is replaced..."
-    assert book.reservations[0] != first and book.tokens_held == 60, "...under a new reservation, never twice"
     assert book.admit(1, 50, 100, 1.0, NOW) == Admission.WAIT, "tokens"
     assert book.admit(1, 40, 700, 1.0, NOW) == Admission.WAIT, "file storage"
     assert book.admit(1, 40, 100, 1.0, NOW) == Admission.ADMITTED
@@ -84,15 +81,17 @@ def test_admits_within_tokens_batches_and_files():
     assert (book.tokens_held, book.batches_held, book.file_bytes_held, book.virtual_time) == (100, 2, 500, 1.0)
 
 
-def test_a_release_naming_an_old_reservation_frees_nothing():
-    book = Book(limit=100)
+def test_each_admission_is_its_own_reservation_and_only_naming_it_frees_it():
+    book = Book(limit=200)
     book.admit(0, 60, 0, 0.0, NOW)
-    stale = book.reservations[0]
-    book.admit(0, 60, 0, 0.0, NOW)  # admitted again (its refusal's release had not landed yet)
-    book.ledger.release("j", 0, stale, NOW)
-    book.ledger.batch_ended("j", 0, stale, NOW)
-    assert book.refused(0, NOW) is True and book.tokens_held == 0, "the current reservation still frees it"
-    assert book.ledger.refused("j", 0, stale, 60, NOW) is True
+    first = book.reservations[0]
+    book.admit(0, 60, 0, 0.0, NOW)  # admitted again: an interrupted admission, or two admitters crossing
+    second = book.reservations[0]
+    assert first != second and book.tokens_held == 120, "both held (the safe side) until one is released"
+    book.ledger.release("j", 0, "r-unknown", NOW)
+    assert book.tokens_held == 120
+    book.ledger.release("j", 0, first, NOW)
+    assert book.tokens_held == 60 and [h.reservation for h in book.holds.values()] == [second]
 
 
 def test_a_batch_ending_frees_tokens_and_its_slot_then_deleting_files_frees_the_rest():
@@ -102,7 +101,7 @@ def test_a_batch_ending_frees_tokens_and_its_slot_then_deleting_files_frees_the_
     assert (book.tokens_held, book.batches_held, book.file_bytes_held) == (0, 0, 300)
     assert book.admit(1, 80, 500, 1.0, NOW) == Admission.ADMITTED
     book.release(0, NOW)
-    assert book.file_bytes_held == 500 and list(book.holds) == ["j/1"]
+    assert book.file_bytes_held == 500 and [h.shard for h in book.holds.values()] == [1]
     book.files_kept_until(1, NOW + timedelta(hours=48), NOW)
     assert not book.holds and book.file_bytes_held == 500, "kept files stay counted, outside the holds"
     assert book.expire(NOW + timedelta(hours=48)) == 0 and book.expire(NOW + timedelta(hours=49)) == 1

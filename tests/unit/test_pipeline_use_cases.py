@@ -168,7 +168,7 @@ def test_a_create_refused_for_capacity_waits_without_spending_the_retry_budget(c
     [shard] = shards(ctx, result.job_id)
     assert shard.state == ShardState.STAGED and shard.batch_attempts == 1, "waits again, attempt not spent"
     ledger = ctx.ledgers.get(shard.ledger)
-    assert ledger.refusals == 1 and ledger.splits == 0 and list(ledger.holds) == [f"{running.job_id}/0"]
+    assert ledger.refusals == 1 and ledger.splits == 0 and [(h.job_id, h.shard) for h in ledger.holds.values()] == [(running.job_id, 0)]
     assert ledger.learned_limit is not None, "the ledger learned a lower limit"
     run.tick(0.5)
     assert ctx.provider.calls["create"] == 2, "no hammering: nothing freed, nothing tried"
