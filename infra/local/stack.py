@@ -819,7 +819,8 @@ class LocalStack:
         if "webhook" in self.functions:
             env["WEBHOOK_SIGNING_SECRET"] = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
             env["GEMINI_EMULATOR_WEBHOOKS"] = WEBHOOKS
-        # Vertex AI (PROVIDER=vertex) on the same emulator: its own bearer token, its files in fake-gcs-server.
+        # Vertex AI (PROVIDER=vertex) on the same emulator, always local like Gemini: its own bearer token, its
+        # files in fake-gcs-server.
         env.update({"VERTEX_API_BASE_URL": env["GEMINI_API_BASE_URL"], "VERTEX_ACCESS_TOKEN": "local-" + secrets.token_urlsafe(24)})
         env["GEMINI_EMULATOR_VERTEX_TOKEN"] = env["VERTEX_ACCESS_TOKEN"]
         if env.get("STORAGE_EMULATOR_HOST"):

@@ -330,7 +330,7 @@ def test_cli_up_status_env_down_on_free_ports(tmp_path):
         assert "Local stack up in" in up.stdout
         env = parse_env_file((state_dir / "env").read_text())
         assert not [key for key in ENV_KEYS if key not in env]
-        urls = [v for k, v in env.items() if k.endswith("_URL") and not k.startswith("GEMINI")]
+        urls = [v for k, v in env.items() if k.endswith("_URL") and not k.startswith(("GEMINI", "VERTEX"))]
         assert not [url for url in urls if not answers(url, timeout=5)]
         status = cli("status")
         assert status.returncode == 0, status.stdout

@@ -31,21 +31,27 @@ TOKEN = "vertex-integration-token"
 
 
 @pytest.fixture(scope="module")
-def vertex_url(stack) -> Iterator[str]:
-    """The base URL of an emulator whose Vertex surface reads and writes the stack's Cloud Storage."""
+def vertex(stack) -> Iterator[tuple[str, str]]:
+    """The base URL and bearer token of an emulator whose Vertex surface reads and writes the stack's Cloud
+    Storage: the stack's own (with the token it was given), or one started for these tests."""
     storage_host = stack.env["STORAGE_EMULATOR_HOST"]
-    if "gemini" in stack.parts:
+    if "gemini" in stack.parts and stack.env.get("VERTEX_ACCESS_TOKEN"):
         own = httpx.get(stack.env["GEMINI_API_BASE_URL"] + "/_emulator/vertex", timeout=10, trust_env=False)
         if own.status_code == 200 and own.json().get("storage") == storage_host:
-            yield stack.env["GEMINI_API_BASE_URL"]
+            yield stack.env["GEMINI_API_BASE_URL"], stack.env["VERTEX_ACCESS_TOKEN"]
             return
     running: RunningEmulator = start_emulator("vertex-integration-emulator", {
         "GEMINI_EMULATOR_ENCODER": "hash", "GEMINI_EMULATOR_STORAGE_HOST": storage_host,
         "GEMINI_EMULATOR_VERTEX_TOKEN": TOKEN})
     try:
-        yield running.base_url
+        yield running.base_url, TOKEN
     finally:
         running.process.stop()
+
+
+@pytest.fixture(scope="module")
+def vertex_url(vertex: tuple[str, str]) -> str:
+    return vertex[0]
 
 
 @pytest.fixture
@@ -58,9 +64,10 @@ def faults(vertex_url: str) -> Iterator[Callable[[dict], None]]:
 
 
 @pytest.fixture
-def provider(stack, vertex_url: str) -> Iterator[VertexBatchProvider]:
+def provider(stack, vertex: tuple[str, str]) -> Iterator[VertexBatchProvider]:
+    vertex_url, token = vertex
     root = f"gs://{stack.env['OUTPUT_BUCKET']}/vertex-it-{uuid.uuid4().hex[:8]}/"
-    client = VertexClient(stack.env["GOOGLE_CLOUD_PROJECT"], tokens=StaticToken(TOKEN), base_url=vertex_url,
+    client = VertexClient(stack.env["GOOGLE_CLOUD_PROJECT"], tokens=StaticToken(token), base_url=vertex_url,
                           max_retries=2)
     yield VertexBatchProvider(client, GcsBlobStore(storage.Client(project=stack.env["GOOGLE_CLOUD_PROJECT"])),
                               staging_prefix=root + "inputs/", output_prefix=root + "outputs/", location="us-central1")
