@@ -443,6 +443,8 @@ class FakeBatchProvider(BatchProvider):
         self.unreadable_results: Exception | None = None
         self.list_order = "newest"
         self.results_deletable = True
+        self.salt = ""  # changes every vector it makes (a model whose answers drift between runs)
+        self.items_uploaded = 0
         self._random = random.Random(7)
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -459,6 +461,7 @@ class FakeBatchProvider(BatchProvider):
     def prepare_input(self, items: Callable[[], Iterator[StagedItem]], options: JobOptions, display_name: str) -> tuple[str, int]:
         self._count("upload")
         staged = list(items())
+        self.items_uploaded += len(staged)
         name = f"files/f{next(self._ids)}"
         self.files[name] = staged
         return name, sum(len(i.text) for i in staged)
@@ -543,7 +546,7 @@ class FakeBatchProvider(BatchProvider):
             if item.text in self.failing_texts:
                 yield ItemResult(key=item.key, error=ErrorInfo(code="INTERNAL", message="item failed"))
             else:
-                yield ItemResult(key=item.key, values=fake_vector(item.text, b["dims"]))
+                yield ItemResult(key=item.key, values=fake_vector(self.salt + item.text, b["dims"]))
 
     def delete_input(self, input_ref: str) -> None:
         self._count("delete_input")

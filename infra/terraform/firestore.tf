@@ -82,7 +82,25 @@ locals {
     shards_error        = { collection = "shards", field = "provider_error" }
     shards_records_uri  = { collection = "shards", field = "records_uri" }
     ledgers_holds       = { collection = var.ledgers_collection, field = "holds" }
+    ledgers_kept_files  = { collection = var.ledgers_collection, field = "kept_files" }
+    cache_vector        = { collection = var.cache_collection, field = "v" }
   }
+}
+
+# The embeddings cache (shared/adapters/firestore_cache.py): one document per content key, deleted by
+# Firestore's TTL once `expire_at` passes (set CACHE_TTL_DAYS after the entry's last write; deletion runs
+# within about a day of it, and a read of an expired entry is only a miss: the passage is embedded again).
+# `expire_at` itself is exempt from indexing: nothing queries it, and TTL needs no index.
+resource "google_firestore_field" "cache_ttl" {
+  project    = var.project_id
+  database   = "(default)"
+  collection = var.cache_collection
+  field      = "expire_at"
+
+  ttl_config {}
+  index_config {}
+
+  depends_on = [google_firestore_database.default]
 }
 
 resource "google_firestore_index" "composite" {

@@ -26,6 +26,8 @@ locals {
     OUTPUT_PREFIX        = var.output_prefix
     JOBS_COLLECTION      = var.jobs_collection
     LEDGERS_COLLECTION   = var.ledgers_collection
+    CACHE_COLLECTION     = var.cache_collection
+    CACHE_TTL_DAYS       = tostring(var.cache_ttl_days)
     LOG_LEVEL            = var.log_level
     }, local.provider_env, {
     for key, topic in local.topics : topic.setting => google_pubsub_topic.pipeline[key].name

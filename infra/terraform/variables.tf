@@ -118,6 +118,18 @@ variable "jobs_collection" {
   default     = "embedding_jobs"
 }
 
+variable "cache_collection" {
+  description = "Firestore collection of the embeddings cache (CACHE_COLLECTION): one document per content key, with a TTL on expire_at."
+  type        = string
+  default     = "embedding_cache"
+}
+
+variable "cache_ttl_days" {
+  description = "Days a cache entry lives after its last write (CACHE_TTL_DAYS)."
+  type        = number
+  default     = 90
+}
+
 variable "ledgers_collection" {
   description = "Firestore collection of the token ledgers, one document per provider and model (LEDGERS_COLLECTION)."
   type        = string

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from shared.domain.jobs import Job, JobState
 
-__all__ = ["SCHEMA_VERSION", "CompletionEvent", "completion_event_for"]
+__all__ = ["SCHEMA_VERSION", "CompletionEvent", "completion_event_for", "reuse_summary"]
 
 SCHEMA_VERSION = "1"
 
@@ -49,6 +49,27 @@ class EventCounts(BaseModel):
     reused: int = 0
 
 
+class EventChanges(BaseModel):
+    """Ids added, changed and removed against the previous complete generation of the same source."""
+
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+    previous_manifest: str | None = None
+    uri: str | None = None  # changes.jsonl: one {"id", "change"} line each
+
+
+class EventReuse(BaseModel):
+    """Passages embedded against those taken from the cache, and what that saved and cost."""
+
+    embedded: int
+    reused: int
+    reused_tokens: int
+    saved_usd: float
+    cache_usd: float
+
+
 class EventError(BaseModel):
     code: str
     message: str
@@ -71,6 +92,8 @@ class CompletionEvent(BaseModel):
     waited_seconds: float | None = None  # from staging done (or the first shard staged) to the first capacity
     error: EventError | None = None
     input_errors: str | None = None  # input-errors.jsonl, when records could not be read (even with no output)
+    changes: EventChanges | None = None
+    reuse: EventReuse | None = None
     completed_at: datetime
 
     def data(self) -> bytes:
@@ -125,8 +148,18 @@ def completion_event_for(job: Job, low_success_threshold: float, embeddings: lis
         waited_seconds=waited_seconds(job),
         error=EventError(code=job.error.code, message=job.error.message) if job.error else None,
         input_errors=job.input_problems.uri,
+        changes=EventChanges(**job.output.changes.model_dump()) if job.output and job.output.changes else None,
+        reuse=EventReuse(**reuse_summary(job)) if job.counts.succeeded else None,
         completed_at=job.completed_at or job.updated_at,
     )
+
+
+def reuse_summary(job: Job) -> dict:
+    """Embedded against reused passages, the tokens and dollars reuse saved, and the cache's own cost."""
+    estimate = job.estimate
+    return {"embedded": job.counts.succeeded - job.counts.reused, "reused": job.counts.reused,
+            "reused_tokens": estimate.reused_tokens, "saved_usd": estimate.saved_usd,
+            "cache_usd": estimate.cache_usd}
 
 
 def waited_seconds(job: Job) -> float | None:

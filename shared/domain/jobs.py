@@ -211,12 +211,25 @@ class InputProblems(BaseModel):
             self.sample.append({k: bounded(v, MAX_SAMPLE_CHARS) if isinstance(v, str) else v for k, v in entry.items()})
 
 
+class ChangeCounts(BaseModel):
+    """Ids added, changed and removed against the previous complete generation of the same source."""
+
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    previous_manifest: str | None = None  # None: the first generation (every id added)
+    uri: str | None = None  # changes.jsonl
+
+
 class JobOutput(BaseModel):
     prefix: str  # gs://bucket/path/ holding every file of the job
     manifest: str | None = None  # lists every file; the event lists them too
     errors: str | None = None
     input_errors: str | None = None
     files: int = 0  # embeddings files written (one JSONL and one Parquet per written shard)
+    index: str | None = None  # every embedded id with its content hash
+    changes: ChangeCounts | None = None
 
 
 class Staging(BaseModel):

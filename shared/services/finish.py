@@ -19,10 +19,12 @@ from typing import Any
 
 import orjson
 
-from shared.domain.events import completion_event_for
+from shared.domain.events import completion_event_for, reuse_summary
 from shared.domain.jobs import ErrorInfo, FileRef, Job, JobOutput, JobState, Shard, ShardState
 from shared.domain.paths import JobPaths
+from shared.domain.reuse import CachePrices
 from shared.logging import get_logger
+from shared.services.changes import point_latest, write_index_and_changes
 from shared.services.context import Context
 from shared.services.leasing import leased, save
 from shared.services.output import file_ref
@@ -78,9 +80,13 @@ def finalize(ctx: Context, job: Job) -> None:
     written = [s for s in shards if s.state == ShardState.WRITTEN]
     job.output = JobOutput(prefix=paths.prefix, errors=errors.uri if errors else None, input_errors=input_errors,
                            files=len(written))
+    job.estimate.cache_usd = CachePrices.cost(job.estimate.cache_reads, job.estimate.cache_writes)
     if written:
+        job.output.changes = write_index_and_changes(ctx, job, paths, written)
+        job.output.index = paths.index if job.output.changes else None
         ctx.blobs.write_bytes(paths.manifest, _manifest(ctx, job, state, shards, written, errors), "application/json")
         job.output.manifest = paths.manifest
+        point_latest(ctx, job, paths)
     end_job(ctx, job, state, error=_failure_reason(job, shards) if state == JobState.FAILED else None)
 
 
@@ -151,7 +157,11 @@ def _manifest(ctx: Context, job: Job, state: JobState, shards: list[Shard], writ
             "parquet": [s.output.parquet.model_dump(exclude_none=True) for s in written],
             "errors": errors.model_dump(exclude_none=True) if errors else None,
             "input_errors": job.input_problems.uri,
+            "index": job.output.index,
+            "changes": job.output.changes.uri if job.output.changes else None,
         },
+        "changes": job.output.changes.model_dump(exclude={"uri"}) if job.output.changes else None,
+        "reuse": reuse_summary(job),
         "input_problems": {"count": job.input_problems.count, "sample": job.input_problems.sample},
         "estimate": job.estimate.model_dump(),
         "shards": [

@@ -228,7 +228,7 @@ class _Stager:
                     self.fatal = item
                 continue
             ck = content_key(options.provider, options.model, options.task_type, options.output_dimensionality,
-                             item.title, item.text) if self.reuse else None
+                             item.title, item.text)  # also the content hash of the job's index
             yield _Line.of(self.key, item, estimate_tokens(item.text), ck)
             self.key += 1
 
