@@ -176,6 +176,15 @@ def status_view(job: Job, view: Mapping[str, Any], now: datetime | None = None) 
         saved = estimate.cost_interactive_usd - estimate.cost_batch_usd
         summary.append(("Cost estimate", f"{usd(estimate.cost_batch_usd)} batch vs {usd(estimate.cost_interactive_usd)} "
                                          f"interactive ({estimate.input_tokens:,} tokens; saves {usd(saved)})"))
+    if estimate.reused_tokens or counts.reused:
+        summary.append(("Reuse", f"{counts.succeeded - counts.reused} embedded, {counts.reused} reused from the cache "
+                                 f"({estimate.reused_tokens:,} tokens: saves {usd(estimate.saved_usd)}; the cache cost "
+                                 f"{usd(estimate.cache_usd)}, {estimate.cache_reads:,} reads, {estimate.cache_writes:,} writes)"))
+    changes = job.output.changes if job.output else None
+    if changes:
+        summary.append(("Changes", f"{changes.added} added, {changes.changed} changed, {changes.removed} removed, "
+                                   f"{changes.unchanged} unchanged "
+                                   + (f"since {changes.previous_manifest}" if changes.previous_manifest else "(first generation)")))
     if job.cancel_requested and job.active:
         summary.append(("Cancel", "requested"))
     parts.append(_pairs(summary))

@@ -107,6 +107,7 @@ progress { width: 8rem; height: .9rem; vertical-align: middle; accent-color: #2d
 .outputs a { margin-right: .5rem; }
 .error { color: #a40e26; font-size: 12px; }
 .waiting { color: #7d4e00; font-size: 12px; }
+.reused, .changes, .reuse { color: #555; font-size: 12px; }
 #capacity .ledger { margin: .2rem 0 .6rem; }
 #capacity progress { margin: 0 .5rem; }
 """
@@ -175,6 +176,16 @@ function row(job) {
     outputs.append(el("div", {}, el("code", {textContent: out.prefix})),
                    el("div", {}, gsLink(out.manifest), el("span", {textContent: " " + out.files + " files"})));
   }
+  const ch = out.changes;
+  if (ch) {
+    outputs.append(el("div", {className: "changes", textContent:
+      `+${ch.added} added, ${ch.changed} changed, −${ch.removed} removed` + (ch.previous_manifest ? "" : " (first generation)")}));
+  }
+  const est = job.estimate || {};
+  if (c.reused) {
+    outputs.append(el("div", {className: "reuse", textContent:
+      `${c.reused} reused: saved $${(est.saved_usd || 0).toFixed(4)}, cache $${(est.cache_usd || 0).toFixed(4)}`}));
+  }
   const error = job.error ? el("div", {className: "error", textContent: job.error.code + ": " + job.error.message}) : null;
   const tr = el("tr", {},
     el("td", {}, el("code", {textContent: job.job_id})),
@@ -183,7 +194,8 @@ function row(job) {
        waiting(job) ? el("div", {className: "waiting", textContent: "waiting for capacity"}) : null, error),
     el("td", {className: "num"}, el("progress", {max: 100, value: job.progress_percentage}),
        el("span", {className: "pct", textContent: job.progress_percentage.toFixed(1) + "%"})),
-    el("td", {className: "num succeeded", textContent: c.succeeded}),
+    el("td", {className: "num succeeded", textContent: c.succeeded},
+       c.reused ? el("div", {className: "reused", textContent: c.reused + " reused"}) : null),
     el("td", {className: "num failed", textContent: c.failed}),
     el("td", {className: "num", textContent: c.total}),
     el("td", {className: "num", textContent: job.success_rate == null ? "–" : job.success_rate.toFixed(1) + "%"}),

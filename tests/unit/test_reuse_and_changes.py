@@ -127,3 +127,17 @@ def test_an_edited_paragraph_leaves_the_other_passages_of_a_document_reused(worl
     changed = second["reuse"]["embedded"]
     assert total > 20 and 1 <= changed <= 3, f"{changed} of {total} passages sent again after one edit"
     assert second["changes"]["changed"] + second["changes"]["added"] <= 3
+
+
+def test_status_shows_what_reuse_saved_and_what_changed(world):
+    from embedpipe import render
+    from shared.views import describe_job
+    from tests.unit.test_cli_render import text
+
+    ctx, driver = world
+    run(ctx, driver, "incoming/a.jsonl", records(corpus(20)))
+    second = run(ctx, driver, "incoming/a.jsonl", records({**corpus(20), "extra": "one more passage"}))
+    job = ctx.jobs.get(second["job_id"])
+    out = text(render.status_view(job, describe_job(ctx.jobs, ctx.ledgers, job.job_id, ctx.clock()), ctx.clock()))
+    assert "1 embedded, 20 reused from the cache" in out
+    assert "1 added, 0 changed, 0 removed, 20 unchanged" in out
