@@ -47,3 +47,34 @@ def test_a_landed_file_ends_as_unit_vectors_and_one_event(clean_stack, events):
     job = firestore.Client(project=env["GOOGLE_CLOUD_PROJECT"]).collection("embedding_jobs").document(job_id).get()
     assert job.to_dict()["state"] == "SUCCEEDED" and job.to_dict()["event_published_at"] is not None
     assert len(events.drain(3)) == 1, "one event per job"
+
+
+def test_a_new_generation_pays_only_for_what_changed(clean_stack, events):
+    """Through the real cache (the Firestore emulator): the second generation sends its edited and new
+    passages only; unchanged ones come back byte-identical; the event says what changed."""
+    env = clean_stack.env
+    texts = [f"note {i}: {TEXTS[i % len(TEXTS)]} and a detail numbered {i}" for i in range(20)]
+    first = upload(env, "reuse/notes.jsonl", jsonl_records(texts))
+    before = events.event_for(job_id_for(env["INPUT_BUCKET"], first.name, first.generation))
+    assert before["reuse"]["embedded"] == 20 and before["changes"]["added"] == 20
+    edited = texts[:19]  # doc-19 removed
+    edited[3], edited[7] = "an edited note", "another edited note"
+    second = upload(env, "reuse/notes.jsonl", jsonl_records(edited + ["a brand new note"], prefix="doc")
+                    .replace(b'"doc-19"', b'"new-1"'))
+    after = events.event_for(job_id_for(env["INPUT_BUCKET"], second.name, second.generation))
+    assert after["status"] == "SUCCEEDED" and after["counts"]["reused"] == 17
+    assert after["reuse"]["embedded"] == 3 and after["reuse"]["saved_usd"] > 0
+    changes = after["changes"]
+    assert (changes["added"], changes["changed"], changes["removed"], changes["unchanged"]) == (1, 2, 1, 17)
+    assert changes["previous_manifest"] == before["output"]["manifest"]
+
+    def lines(event: dict) -> dict[str, bytes]:
+        rows = {}
+        for uri in event["output"]["embeddings"]:
+            for line in read_gs(uri).splitlines():
+                rows[line.split(b'"', 4)[3].decode()] = line.split(b'"embedding":', 1)[1]
+        return rows
+
+    old, new = lines(before), lines(after)
+    unchanged = [f"doc-{i}" for i in range(19) if i not in (3, 7)]
+    assert all(new[i] == old[i] for i in unchanged), "a reused vector is the stored one, byte for byte"
