@@ -251,28 +251,27 @@ class Ledger(BaseModel):
 
     def release(self, job_id: str, shard: int, reservation: str | None, now: datetime) -> None:
         """Everything the shard holds is free (its files are deleted, or it never got a batch)."""
+        self._drop(job_id, shard, reservation, now)
+
+    def _drop(self, job_id: str, shard: int, reservation: str | None, now: datetime) -> Hold | None:
+        """Remove the reservation's hold (its tokens count as finished); returns it, None if it is gone."""
         hold = self._hold_of(job_id, shard, reservation)
         if hold is None:
-            return
+            return None
         del self.holds[holder_id(job_id, shard, hold.reservation)]
         if hold.tokens:
             self._note_finished(hold.tokens, now)
         self.updated_at = now
+        return hold
 
     def files_kept_until(self, job_id: str, shard: int, reservation: str | None, expiry: datetime,
                          now: datetime) -> None:
         """The shard is done but the provider keeps its files (they expire on their own): their bytes stay
         counted, in the bucket of the hour they expire, until `expire` frees them."""
-        hold = self._hold_of(job_id, shard, reservation)
-        if hold is None:
-            return
-        del self.holds[holder_id(job_id, shard, hold.reservation)]
-        if hold.tokens:
-            self._note_finished(hold.tokens, now)
-        if hold.file_bytes:
+        hold = self._drop(job_id, shard, reservation, now)
+        if hold is not None and hold.file_bytes:
             bucket = (expiry.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)).isoformat()
             self.kept_files[bucket] = self.kept_files.get(bucket, 0) + hold.file_bytes
-        self.updated_at = now
 
     def expire(self, now: datetime) -> int:
         """Free the kept files' bytes whose hour has passed; returns how many hours were freed."""

@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from shared.api_errors import ApiErrorText
+
 __all__ = [
     "AwaitTimeoutError",
     "BatchNotCompleteError",
@@ -42,7 +44,7 @@ def redact(text: str, *secrets: str | None) -> str:
     return _KEY_PARAM.sub(lambda m: m.group(1) + REDACTED, text)
 
 
-class GeminiError(Exception):
+class GeminiError(ApiErrorText, Exception):
     """An error of the Gemini API or of the way to it.
 
     `message` is the API's own message (or the client's, when there was no answer); `status_code` the
@@ -78,21 +80,6 @@ class GeminiError(Exception):
         self.details = details or []
         self.operation = redact(operation) if operation else None
         self.reached_server = reached_server
-
-    def __str__(self) -> str:
-        head = " ".join(str(p) for p in (self.status_code, self.status) if p is not None)
-        text = f"{head}: {self.message}" if head else self.message
-        if self.operation:
-            text = f"{self.operation}: {text}"
-        if self.request_id:
-            text += f" (request id {self.request_id})"
-        return text
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(status_code={self.status_code!r}, status={self.status!r}, "
-            f"message={self.message!r}, request_id={self.request_id!r}, retry_after={self.retry_after!r})"
-        )
 
 
 class RetryableGeminiError(GeminiError):

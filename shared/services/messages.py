@@ -81,17 +81,18 @@ def _groups(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 
 def poll_shards(ctx: Sender, shards: Sequence[Shard]) -> int:
     """Fan the due shards out to poll workers, a group per message; returns the messages sent."""
-    sent = 0
-    for group in _groups(shards, ctx.settings.poll_group_size):
-        _send(ctx, ctx.settings.poll_topic, {"shards": [snapshot_of(s) for s in group]})
-        sent += 1
-    return sent
+    return _fan_out(ctx, "shards", shards)
 
 
 def poll_jobs(ctx: Sender, jobs: Sequence[Job]) -> int:
+    """Fan the due jobs out to poll workers, a group per message; returns the messages sent."""
+    return _fan_out(ctx, "jobs", jobs)
+
+
+def _fan_out(ctx: Sender, kind: str, docs: Sequence[Job | Shard]) -> int:
     sent = 0
-    for group in _groups(jobs, ctx.settings.poll_group_size):
-        _send(ctx, ctx.settings.poll_topic, {"jobs": [snapshot_of(j) for j in group]})
+    for group in _groups(docs, ctx.settings.poll_group_size):
+        _send(ctx, ctx.settings.poll_topic, {kind: [snapshot_of(doc) for doc in group]})
         sent += 1
     return sent
 

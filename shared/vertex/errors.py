@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+from shared.api_errors import ApiErrorText
+
 __all__ = [
     "InvalidArgumentError",
     "PermanentVertexError",
@@ -36,7 +38,7 @@ def redact(text: str) -> str:
     return _TOKEN_PARAM.sub(lambda m: m.group(1) + REDACTED, _BEARER.sub(lambda m: m.group(1) + REDACTED, text))
 
 
-class VertexError(Exception):
+class VertexError(ApiErrorText, Exception):
     """An error of Vertex AI or of the way to it.
 
     `status_code` the HTTP status (None without an answer); `status` Google's status name
@@ -55,19 +57,6 @@ class VertexError(Exception):
         self.retry_after = retry_after
         self.operation = operation
         self.reached_server = reached_server
-
-    def __str__(self) -> str:
-        head = " ".join(str(p) for p in (self.status_code, self.status) if p is not None)
-        text = f"{head}: {self.message}" if head else self.message
-        if self.operation:
-            text = f"{self.operation}: {text}"
-        if self.request_id:
-            text += f" (request id {self.request_id})"
-        return text
-
-    def __repr__(self) -> str:
-        return (f"{type(self).__name__}(status_code={self.status_code!r}, status={self.status!r}, "
-                f"message={self.message!r})")
 
 
 class RetryableVertexError(VertexError):
