@@ -10,10 +10,15 @@ Guarantees, for text read as a sequence of chunks (the document is their concate
     characters (about six bytes each, with the token index), whatever the document (a 50 MB line without
     spaces included);
   - stable under edits: where a passage ends depends only on the text from `LOOKBEHIND` characters
-    before its start to the end of its window (below), and where the next one starts only on where it
-    ended. So an edit moves no passage whose window ends before the edit; and after it, from the first
-    passage that starts where one started before, every passage is the same (shifted). `SplitState`, a
-    few integers, is all the splitter carries from one passage to the next: a read can resume from it.
+    before its start to the end of its window (below) and the character after it, the one that would
+    exceed `max_tokens`; or, when the window reaches the end of the document, on all the rest (where the
+    document ends is part of that text). Where the next one starts depends only on that passage and the
+    text after it up to the first non-space character. So an edit (a change of the text: deleting the
+    last paragraph also deletes the break before it) moves no passage whose window and the character
+    after it lie before the edit; and once the splitter reaches a `SplitState` it reached before the edit
+    (shifted by the change in length) whose `origin` lies past the edit, every later passage is the same,
+    shifted. `SplitState`, a few integers, is all the splitter carries from one passage to the next: a
+    read can resume from it.
 
 Where a passage ends. Its window is the text from where it reaches `WINDOW_START` of `max_tokens` to
 where it would exceed `max_tokens`. The candidates in the window are paragraph breaks (a blank line;

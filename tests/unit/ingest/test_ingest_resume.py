@@ -116,7 +116,7 @@ def _read_all(data: bytes, name: str, options: JobOptions, block: int):
     return items, positions, dumps, reader.position()
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=_inputs(), block=st.sampled_from([1, 7, 64, 4093]), rebuild_ids=st.booleans())
 def test_resuming_at_any_item_gives_the_rest(case, block, rebuild_ids):
     data, name, options = case
