@@ -91,11 +91,15 @@ def finalize(ctx: Context, job: Job) -> None:
 
 
 def _join_problems(ctx: Context, job: Job, paths: JobPaths) -> str | None:
-    """`input-errors.jsonl`: the problem files of every staged segment, in order (server-side compose)."""
+    """`input-errors.jsonl`: the problem files of every staged segment, in order (server-side compose).
+    None when there is none to join; the job's `input_problems.uri` then names nothing either."""
     if not job.input_problems.count:
         return None
     parts = [paths.problems(n) for n in range(job.staging.segments)]
     parts = [p for p in parts if ctx.blobs.stat(p) is not None]
+    if not parts and ctx.blobs.stat(paths.input_errors) is None:
+        job.input_problems.uri = None
+        return None
     if parts:
         ctx.blobs.compose(parts, paths.input_errors, JSONL)
     return paths.input_errors
@@ -191,9 +195,14 @@ def _seconds(delta: timedelta) -> float:
 
 
 def end_job(ctx: Context, job: Job, state: JobState, *, error: ErrorInfo | None = None) -> Job:
-    """Move `job` (held under lease) to a terminal state and announce it. Idempotent."""
+    """Move `job` (held under lease) to a terminal state and announce it. Idempotent. A job that ends
+    before `finalize` (failed in staging or submission, cancelled) still gets its `input-errors.jsonl`."""
     if not job.terminal:
         now = ctx.clock()
+        if job.input_problems.count and not (job.output and job.output.input_errors):
+            paths = paths_of(ctx, job)
+            job.output = job.output or JobOutput(prefix=paths.prefix)
+            job.output.input_errors = _join_problems(ctx, job, paths)
         if error is not None:
             job.error = ErrorInfo(code=error.code, message=error.message, at=now)
         job.event_id = job.event_id or str(uuid.uuid5(uuid.NAMESPACE_URL, f"completion:{job.job_id}"))

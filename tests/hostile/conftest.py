@@ -12,7 +12,11 @@ Its own stack also lets the suite set the functions' settings, on top of the int
 - MAX_DECOMPRESSED_BYTES = 32 MiB: the gzip bomb goes through the real stack (upload, notification,
   submit, event) as a 64 MiB inflation of a 64 KB upload, instead of a 20 GiB one (minutes of CPU);
 - GEMINI_MAX_RETRIES = 2: while the Gemini emulator is down a poll gives up in seconds, not half a minute;
-- LOG_LEVEL = DEBUG: the logs searched for the API key hold everything the functions can log.
+- LOG_LEVEL = DEBUG: the logs searched for the secrets hold everything the functions can log;
+- POLLER_TICK_SECONDS = 5 (the integration suite ticks every second, the cloud every minute): a tick fans
+  every due shard out again until a poll worker has written it, so when the one poll worker instance lags
+  behind the tick (dozens of jobs at once, as here) faster ticks only queue duplicates, each costing it a
+  provider call.
 
 Fixtures: `stack` (the running `LocalStack`; this process's environment points the Google clients at it,
 as in the integration suite), `clean_stack` (reset first), `gemini_emulator` (faults cleared after the
@@ -36,6 +40,7 @@ HOSTILE_OVERRIDES = {
     "MAX_DECOMPRESSED_BYTES": str(32 * MIB),
     "GEMINI_MAX_RETRIES": "2",
     "LOG_LEVEL": "DEBUG",
+    "POLLER_TICK_SECONDS": "5",
 }
 
 

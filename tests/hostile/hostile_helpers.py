@@ -22,12 +22,32 @@ from tests.integration.pipeline_helpers import EventSubscription, read_gs
 # -- the stack's state ---------------------------------------------------------------------------------
 
 
-def jobs_collection(env: dict[str, str]):
-    return firestore.Client(project=env["GOOGLE_CLOUD_PROJECT"]).collection(env.get("JOBS_COLLECTION", "embedding_jobs"))
+def jobs_collection(env: dict[str, str], collection: str | None = None):
+    name = collection or env.get("JOBS_COLLECTION", "embedding_jobs")
+    return firestore.Client(project=env["GOOGLE_CLOUD_PROJECT"]).collection(name)
 
 
-def job_doc(env: dict[str, str], job_id: str) -> dict:
-    return jobs_collection(env).document(job_id).get().to_dict() or {}
+def job_doc(env: dict[str, str], job_id: str, collection: str | None = None) -> dict:
+    return jobs_collection(env, collection).document(job_id).get().to_dict() or {}
+
+
+def shard_docs(env: dict[str, str], job_id: str, collection: str | None = None) -> list[dict]:
+    """The job's shard documents (its subcollection `shards`), by index."""
+    shards = jobs_collection(env, collection).document(job_id).collection("shards")
+    return [s.to_dict() for s in shards.order_by("index").stream()]
+
+
+def ledger_holds(env: dict[str, str], job_ids: Iterable[str], collection: str = "embedding_ledgers") -> dict[str, list[str]]:
+    """job id -> what the capacity ledgers still hold for it (`shard N: tokens, batch, file bytes, expiry`)."""
+    wanted = set(job_ids)
+    held: dict[str, list[str]] = {}
+    for ledger in firestore.Client(project=env["GOOGLE_CLOUD_PROJECT"]).collection(collection).stream():
+        for hold in (ledger.to_dict().get("holds") or {}).values():
+            if hold["job_id"] in wanted:
+                held.setdefault(hold["job_id"], []).append(
+                    f"shard {hold['shard']}: {hold['tokens']} tokens, batch {hold['batch']}, {hold['file_bytes']} file "
+                    f"bytes, expires {hold.get('expires_at')}")
+    return held
 
 
 def wait_for_state(env: dict[str, str], job_id: str, *states: str, timeout: float = 120) -> dict:
@@ -35,14 +55,15 @@ def wait_for_state(env: dict[str, str], job_id: str, *states: str, timeout: floa
     return job_doc(env, job_id)
 
 
-def due(env: dict[str, str], job_id: str) -> bool:
-    """The job's next poll time has come."""
-    when = job_doc(env, job_id).get("next_poll_at")
+def is_due(doc: dict) -> bool:
+    """A job's or shard's next poll time has come."""
+    when = doc.get("next_poll_at")
     return when is not None and when.timestamp() <= time.time()
 
 
-def lease_lapsed(env: dict[str, str], job_id: str) -> bool:
-    until = job_doc(env, job_id).get("lease_until")
+def lease_lapsed(doc: dict) -> bool:
+    """No live lease on a job or shard document."""
+    until = doc.get("lease_until")
     return until is None or until.timestamp() < time.time()
 
 
@@ -130,8 +151,8 @@ def deliver_finalize(env: dict[str, str], blob: storage.Blob, event_id: str) -> 
 
 def check_output_layout(env: dict[str, str], jobs: dict[str, dict], events: dict[str, list[dict]],
                         objects: Iterable[str]) -> None:
-    """Every object belongs to exactly one job's output or staging prefix, under OUTPUT_PREFIX, with a
-    name Cloud Storage allows and no segment a file system would resolve; the jobs' outputs (as their
+    """Every object belongs to exactly one job's output or staging prefix (a source's `latest.json`, beside
+    its generations, to one of its jobs), under OUTPUT_PREFIX, with a name Cloud Storage allows and no segment a file system would resolve; the jobs' outputs (as their
     events name them) are under their own prefixes, and no two jobs share one."""
     bucket, base = env["OUTPUT_BUCKET"], env["OUTPUT_PREFIX"]
     prefixes = {}
@@ -149,6 +170,9 @@ def check_output_layout(env: dict[str, str], jobs: dict[str, dict], events: dict
     assert len({p for p, _ in prefixes.values()}) == len(prefixes), "two jobs share an output prefix"
     for name in objects:
         owners = [key for key, (prefix, staging) in prefixes.items() if name.startswith((prefix, staging))]
+        if name.endswith("/latest.json"):  # the source's pointer to its newest generation, beside them
+            owners = [key for key, (prefix, _) in prefixes.items() if name == prefix.rsplit("/", 2)[0] + "/latest.json"]
+            owners = owners[:1]
         assert name.startswith(base), f"{name!r} is outside OUTPUT_PREFIX {base!r}"
         assert len(owners) == 1, f"{name!r} belongs to {owners or 'no job'}"
         assert not {"", ".", ".."} & set(name.split("/")), f"{name!r} has a segment a file system would resolve"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.api_core.exceptions import NotFound
 from google.cloud import storage
 
 from infra.local.processes import wait_until
@@ -54,7 +55,7 @@ class Outcome:
     deliveries: list[dict]
     staging_leftovers: list[str]
     rows: list[dict]  # every row of its embeddings files
-    problems: list[dict]  # every line of its input-errors.jsonl
+    problems: list[dict] | None  # every line of its input-errors.jsonl (None: named, but not written)
 
     def vectors(self) -> dict[str, np.ndarray]:
         return {row["id"]: np.asarray(row["embedding"], dtype=np.float32) for row in self.rows}
@@ -99,10 +100,15 @@ def corpus(stack) -> CorpusRun:
         subscription.close()
 
 
-def problems_of(job: dict) -> list[dict]:
-    """Every line of the job's `input-errors.jsonl`."""
+def problems_of(job: dict) -> list[dict] | None:
+    """Every line of the job's `input-errors.jsonl`; None when the job names one that does not exist."""
     uri = (job.get("input_problems") or {}).get("uri")
-    return [json.loads(line) for line in read_gs(uri).splitlines()] if uri else []
+    if not uri:
+        return []
+    try:
+        return [json.loads(line) for line in read_gs(uri).splitlines()]
+    except NotFound:
+        return None
 
 
 @pytest.mark.parametrize("key", CASE_KEYS)
@@ -116,8 +122,9 @@ def test_hostile_file(corpus: CorpusRun, key: str) -> None:
         job["state"], event["status"], job.get("error"))
 
     # What was wrong, said clearly.
-    problems = outcome.problems
     summary = job["input_problems"]
+    problems = outcome.problems if outcome.problems is not None else summary["sample"]  # checked at the end
+    assert event.get("input_errors") == summary.get("uri"), "the event names input-errors.jsonl when there are problems"
     assert event["counts"]["input_problems"] == summary["count"] == len(problems), "one line per problem"
     assert summary["sample"] == problems[: len(summary["sample"])], "the sample is the first problems"
     assert bool(summary.get("uri")) == bool(problems)
@@ -161,6 +168,7 @@ def test_hostile_file(corpus: CorpusRun, key: str) -> None:
     assert outcome.deliveries, "the relay never delivered the finalize event"
     assert all(d["outcome"] == "ack" and d["attempt"] == 1 for d in outcome.deliveries), outcome.deliveries
     assert not outcome.staging_leftovers, outcome.staging_leftovers
+    assert outcome.problems is not None, f"the job and its event name {summary['uri']}, which was never written"
 
 
 def check_passages_cover(outcome: Outcome, rows: list[dict], case: Case) -> None:

@@ -1,10 +1,13 @@
 """The Gemini API emulator restarted under a running job, and failing while other jobs need the poller.
 
 The emulator keeps its batches and files in memory (a temporary directory removed on exit): a restart
-loses them, as a provider losing a batch would. The poller must notice (a 404 on the batch: the shard is
-retried by policy, `shared/services/poll.py`) and the job must still end SUCCEEDED with one event. While
-the emulator answers 5xx, or refuses connections, a poller run must still answer and move the other due
-jobs along: one job's provider error never stops the run.
+loses them, as a provider losing a batch would. The poller must notice (a 404 on the batch: the shard's
+batch is created again as attempt 2, `shared/services/poll.py`) and the job must still end SUCCEEDED with
+one event. While the emulator answers 5xx, or refuses connections, the poller's tick must still answer
+(it only fans due work out), the poll worker that meets the error records it on the job and keeps the
+shard's batch (an outage is not a lost batch), and other due jobs still end: one job's provider error never
+stops another's work. The tick's summary no longer sees the workers' errors: this file asserts on the job
+and shard documents, the events, and the relay's counters of the poll worker.
 
 `LocalStack.part_stopped("gemini")` stops the emulator for a block and starts it again with the same argv,
 environment and log, recording the new pid so `make down` and orphan cleanup still find it.
@@ -26,7 +29,14 @@ from shared.domain.jobs import SourceObject, job_id_for
 from shared.errors import TransientError
 from shared.ports import MessagePublisher
 from shared.services.submit import submit_object
-from tests.hostile.hostile_helpers import await_events, due, emulator_batches, job_doc, wait_for_state
+from tests.hostile.hostile_helpers import (
+    await_events,
+    emulator_batches,
+    is_due,
+    job_doc,
+    shard_docs,
+    wait_for_state,
+)
 from tests.integration.pipeline_helpers import jsonl_records, read_vectors, upload
 
 pytestmark = pytest.mark.integration
@@ -59,6 +69,7 @@ def ended_unannounced(env: dict[str, str], name: str) -> str:
 
 
 def poll_now(env: dict[str, str]) -> dict:
+    """One tick of the poller, as Cloud Scheduler would call it; its summary."""
     answer = httpx.post(env["POLLER_URL"], headers={"Authorization": f"Bearer {env['POLLER_TOKEN']}"}, timeout=120)
     assert answer.status_code == 200, answer.text
     return answer.json()
@@ -75,34 +86,51 @@ def gemini_down(stack) -> Iterator[None]:
                "the restarted emulator's model")
 
 
+def running_shard(env: dict[str, str], name: str) -> tuple[str, dict]:
+    """A job uploaded through the stack whose one shard's batch is at the provider (kept PENDING)."""
+    blob = upload(env, name, jsonl_records(TEXTS))
+    job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
+    wait_for_state(env, job_id, "RUNNING")
+    wait_until(lambda: [s.get("batch_name") is not None for s in shard_docs(env, job_id)] == [True], 60, 0.2,
+               "the shard's batch")
+    [shard] = shard_docs(env, job_id)
+    return job_id, shard
+
+
+def failed_polls(env: dict[str, str], job_id: str, failures: int, bystander: str) -> dict:
+    """One tick while the provider fails: the tick answers and fans out the due shard and the due
+    bystander; the shard's poll worker records the failure on the job, and the bystander's is announced."""
+    summary = poll_now(env)
+    assert summary["due_shards"] >= 1 and summary["due_jobs"] >= 1 and summary["errors"] == 0, summary
+    wait_until(lambda: job_doc(env, job_id)["poll_failures"] >= failures
+               and job_doc(env, bystander)["event_published_at"] is not None, 60, 0.2, "the poll workers")
+    return job_doc(env, job_id)
+
+
 def test_a_batch_lost_in_an_emulator_restart_is_created_again(clean_stack, gemini_emulator, events) -> None:
     env = clean_stack.env
     gemini_emulator.set_faults({"pending_seconds": 600})
-    blob = upload(env, "restart/doc.jsonl", jsonl_records(TEXTS))
-    job_id = job_id_for(env["INPUT_BUCKET"], blob.name, blob.generation)
-    job = wait_for_state(env, job_id, "RUNNING")
-    [lost] = [s["batch_name"] for s in job["shards"]]
+    job_id, shard = running_shard(env, "restart/doc.jsonl")
+    lost = shard["batch_name"]
     assert [b.state.value for b in emulator_batches(env)] == ["BATCH_STATE_PENDING"]
     bystanders = []
     with clean_stack.ticker_paused():
-        # The provider answers 503 to every look at a batch: the run answers, and moves the other job.
-        wait_until(lambda: due(env, job_id), 60, 0.2, "the job to be due")
+        # The provider answers 503 to every look at a batch: the tick answers, the other job ends.
+        wait_until(lambda: is_due(shard_docs(env, job_id)[0]), 60, 0.2, "the shard to be due")
         bystanders.append(ended_unannounced(env, "during-5xx.txt"))
         gemini_emulator.set_faults({"pending_seconds": 600,
                                     "http_5xx": {"count": 1000, "status": 503, "path_contains": "/batches/"}})
-        summary = poll_now(env)
-        assert summary["errors"] >= 1 and summary["events_published"] == 1, summary
-        assert [e["job_id"] for e in summary["job_errors"]] == [job_id], summary
+        job = failed_polls(env, job_id, 1, bystanders[-1])
+        assert job["last_error"]["code"] and "503" in job["last_error"]["message"] + job["last_error"]["code"], job
         # The provider is gone: connections refused. Same.
         with gemini_down(clean_stack):
-            wait_until(lambda: due(env, job_id), 60, 0.2, "the job to be due again after its backoff")
+            wait_until(lambda: is_due(shard_docs(env, job_id)[0]), 60, 0.2, "the shard to be due again")
             bystanders.append(ended_unannounced(env, "during-outage.txt"))
-            summary = poll_now(env)
-            assert summary["errors"] >= 1 and summary["events_published"] == 1, summary
-            assert [e["job_id"] for e in summary["job_errors"]] == [job_id], summary
-            job = job_doc(env, job_id)
-            assert job["state"] == "RUNNING" and job["poll_failures"] == 2, job
-            assert [s["batch_name"] for s in job["shards"]] == [lost], "an outage is not a lost batch"
+            job = failed_polls(env, job_id, 2, bystanders[-1])
+            assert job["state"] == "RUNNING", job
+            [shard] = shard_docs(env, job_id)
+            assert (shard["state"], shard["batch_name"], shard["batch_attempts"]) == ("PENDING", lost, 1), \
+                "an outage is not a lost batch"
             status = httpx.get(f"{env['STATUS_URL']}/jobs/{job_id}",
                                headers={"Authorization": f"Bearer {env['POLLER_TOKEN']}"}, timeout=60)
             assert status.status_code == 200 and status.json()["state"] == "RUNNING"
@@ -111,11 +139,28 @@ def test_a_batch_lost_in_an_emulator_restart_is_created_again(clean_stack, gemin
     [event] = received[job_id]
     assert event["status"] == "SUCCEEDED", event
     assert sorted(read_vectors(event)) == [f"doc-{i}" for i in range(len(TEXTS))]
-    job = job_doc(env, job_id)
-    [shard] = job["shards"]
+    [shard] = shard_docs(env, job_id)
     assert shard["batch_attempts"] == 2 and shard["batch_name"] != lost, shard
-    assert job["poll_failures"] == 0
     assert [b.display_name.endswith(f"[{job_id}/s0a2]") for b in emulator_batches(env)] == [True]
     for bystander in bystanders:
         [failed] = received[bystander]
         assert failed["status"] == "FAILED" and failed["error"]["code"] == "EMPTY_INPUT"
+    worker = clean_stack.function_stats()["poll_worker"]
+    assert worker["invocations"] >= 4 and worker["dead_lettered"] == 0 and worker["timeouts"] == 0, worker
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a shard whose poll fails is not backed off: poll_work's _note_failure backs off the job document only "
+    "(next_poll_at of a RUNNING job), the shard's next_poll_at stays past, so every tick fans it out again"))
+def test_a_poll_that_meets_an_outage_backs_the_shard_off(clean_stack, gemini_emulator) -> None:
+    env = clean_stack.env
+    gemini_emulator.set_faults({"pending_seconds": 600})
+    job_id, _ = running_shard(env, "backoff/doc.jsonl")
+    with clean_stack.ticker_paused():
+        wait_until(lambda: is_due(shard_docs(env, job_id)[0]), 60, 0.2, "the shard to be due")
+        gemini_emulator.set_faults({"pending_seconds": 600,
+                                    "http_5xx": {"count": 1000, "status": 503, "path_contains": "/batches/"}})
+        poll_now(env)
+        wait_until(lambda: job_doc(env, job_id)["poll_failures"] >= 1, 60, 0.2, "the failed poll")
+        [shard] = shard_docs(env, job_id)
+        assert not is_due(shard), f"the shard is due again at once (next_poll_at {shard['next_poll_at']})"

@@ -1,19 +1,28 @@
-"""Who may call the HTTP functions, and where the Gemini API key must never show.
+"""Who may call the HTTP functions, and where the stack's secrets must never show.
 
 - The poller and the status API (list, one job, cancel) refuse a missing credential (401) and a wrong
-  one (401; 403 for a valid identity that is not allowed, in the cloud's OIDC mode), and refusing runs
-  nothing: the jobs and the provider see no call. The right token then works, so the checks could fail.
+  one (401; 403 for a valid identity that is not allowed, in the cloud's OIDC mode); the public webhook
+  refuses a delivery that is unsigned, signed with another key, too old, or signed for another body (401).
+  Refusing runs nothing: the job, its shard and the provider see no call. The right token and a delivery
+  signed with the stack's secret then work, so the checks could fail.
 - The stack's GEMINI_API_KEY (a long random value) appears in no log of any part of the stack, no
   Firestore document, no completion event, no output object, no job error or status answer, after jobs
-  that went through the provider's error paths (429 and 5xx on create, a refused model, failed batches,
-  failed items).
+  that went through the provider's error paths (429 on create, 5xx while polling, a refused model, failed
+  batches, failed items); nor do the poller's token and the webhook signing secret.
+- A pipeline acts on its own jobs collection only: another deployment's shards in the same database are
+  invisible to its tick's queries and its webhook's lookup.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import time
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -22,9 +31,10 @@ from google.cloud import firestore, storage
 
 from infra.local.processes import wait_until
 from shared.auth import AuthError, authorize
+from shared.bootstrap import build_context
 from shared.config import Settings
-from shared.domain.jobs import job_id_for
-from tests.hostile.hostile_helpers import await_events, due, emulator_batches, job_doc, wait_for_state
+from shared.domain.jobs import Job, Shard, ShardState, SourceObject, job_id_for
+from tests.hostile.hostile_helpers import await_events, is_due, job_doc, shard_docs, wait_for_state
 from tests.integration.pipeline_helpers import jsonl_records, upload
 
 TEXTS = ["a quiet harbour at dawn", "notes on medieval bridges", "the chemistry of bread"]
@@ -48,48 +58,108 @@ def wrong_credentials(env: dict[str, str]) -> dict[str, dict[str, str | bytes]]:
         "token without scheme": {"Authorization": token},
         "basic scheme": {"Authorization": "Basic " + base64.b64encode(f"poller:{token}".encode()).decode()},
         "the api key": {"Authorization": f"Bearer {env['GEMINI_API_KEY']}"},
-        "latin-1 bytes": {"Authorization": b"Bearer \xe9\xff" + token.encode()},
         "token in another header": {"X-Authorization": f"Bearer {token}"},
     }
+
+
+def webhook_headers(secret: str, body: bytes, sent: float, message_id: str = "msg-hostile") -> dict[str, str]:
+    """A delivery's headers as Standard Webhooks signs it: HMAC-SHA256 keyed by the secret's base64 part, over
+    `id.timestamp.body`."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    timestamp = str(int(sent))
+    signature = base64.b64encode(hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest())
+    return {"webhook-id": message_id, "webhook-timestamp": timestamp, "webhook-signature": f"v1,{signature.decode()}",
+            "content-type": "application/json"}
+
+
+def forged_webhooks(env: dict[str, str], batch: str) -> dict[str, tuple[dict[str, str], bytes]]:
+    """Deliveries naming `batch` that the webhook must refuse: unsigned, signed with another secret or by a
+    credential of the stack, too old, or signed for another body."""
+    body = json.dumps({"type": "batch.succeeded", "data": {"id": batch}}).encode()
+    now = time.time()
+    secret = env["WEBHOOK_SIGNING_SECRET"]
+    other = "whsec_" + base64.b64encode(b"not the stack's secret, 32 bytes").decode()
+    token_key = "whsec_" + base64.b64encode(env["POLLER_TOKEN"].encode()).decode()
+    unsigned = {"content-type": "application/json"}
+    return {
+        "unsigned": (unsigned, body),
+        "another secret": (webhook_headers(other, body, now), body),
+        "the poller token as key": (webhook_headers(token_key, body, now), body),
+        "the api key as signature": ({**webhook_headers(secret, body, now),
+                                      "webhook-signature": f"v1,{env['GEMINI_API_KEY']}"}, body),
+        "ten minutes old": (webhook_headers(secret, body, now - 600), body),
+        "signed for another body": (webhook_headers(secret, body.replace(b"succeeded", b"failed"), now), body),
+    }
+
+
+def busy_state(env: dict[str, str], job_id: str) -> tuple[dict, list[dict]]:
+    return job_doc(env, job_id), shard_docs(env, job_id)
 
 
 @pytest.mark.integration
 def test_endpoints_refuse_missing_and_wrong_credentials_and_run_nothing(clean_stack, gemini_emulator) -> None:
     env = clean_stack.env
     right = {"Authorization": f"Bearer {env['POLLER_TOKEN']}"}
+    gemini_emulator.set_faults({"pending_seconds": 600})
     with clean_stack.ticker_paused():
-        ready = upload(env, "security/ready.jsonl", jsonl_records(TEXTS))  # its batch ends: a poll hands it over
-        ready_id = job_id_for(env["INPUT_BUCKET"], ready.name, ready.generation)
-        wait_for_state(env, ready_id, "RUNNING")
-        wait_until(lambda: [b.state.value for b in emulator_batches(env)] == ["BATCH_STATE_SUCCEEDED"], 60, 0.2, "batch")
-        gemini_emulator.set_faults({"pending_seconds": 600})
-        busy = upload(env, "security/busy.jsonl", jsonl_records(TEXTS))  # its batch waits: a cancel would stop it
-        busy_id = job_id_for(env["INPUT_BUCKET"], busy.name, busy.generation)
+        busy = upload(env, "security/busy.jsonl", jsonl_records(TEXTS))  # its batch waits: a tick would poll it,
+        busy_id = job_id_for(env["INPUT_BUCKET"], busy.name, busy.generation)  # a cancel would stop it
         wait_for_state(env, busy_id, "RUNNING")
-        wait_until(lambda: due(env, ready_id) and not job_doc(env, busy_id)["lease_owner"], 30, 0.2,
-                   "the first job to be due, and the second one left alone")
-        before = {job_id: job_doc(env, job_id) for job_id in (ready_id, busy_id)}
+
+        def waiting_for_a_tick() -> bool:
+            job, shards = busy_state(env, busy_id)
+            return (len(shards) == 1 and shards[0].get("batch_name") is not None and is_due(shards[0])
+                    and not shards[0]["lease_owner"] and not job["lease_owner"])
+
+        wait_until(waiting_for_a_tick, 60, 0.2, "the job's shard to be due, and left alone")
+        before = busy_state(env, busy_id)
         calls = emulator_calls(env)
         requests = [
             ("POST", env["POLLER_URL"]), ("GET", env["POLLER_URL"]),
             ("GET", f"{env['STATUS_URL']}/jobs"), ("GET", f"{env['STATUS_URL']}/jobs/{busy_id}"),
-            ("POST", f"{env['STATUS_URL']}/jobs/{busy_id}:cancel"), ("POST", f"{env['STATUS_URL']}/jobs/{ready_id}:cancel"),
+            ("POST", f"{env['STATUS_URL']}/jobs/{busy_id}:cancel"),
         ]
         for kind, headers in wrong_credentials(env).items():
             for method, url in requests:
                 answer = httpx.request(method, url, headers=headers, timeout=60, trust_env=False)
                 assert answer.status_code == 401, (kind, method, url, answer.status_code, answer.text)
-                assert busy_id not in answer.text and ready_id not in answer.text, (kind, url, answer.text)
-        assert {job_id: job_doc(env, job_id) for job_id in before} == before, "a refused call changed a job"
+                assert busy_id not in answer.text, (kind, url, answer.text)
+        batch = before[1][0]["batch_name"]
+        for kind, (headers, body) in forged_webhooks(env, batch).items():
+            answer = httpx.post(env["WEBHOOK_URL"], headers=headers, content=body, timeout=60, trust_env=False)
+            assert answer.status_code == 401, ("webhook", kind, answer.status_code, answer.text)
+            assert batch not in answer.text, ("webhook", kind, answer.text)
+        assert busy_state(env, busy_id) == before, "a refused call changed the job or its shard"
         assert emulator_calls(env) == calls, "a refused call reached the provider"
 
-        # The right token works, so each refusal above could have been a change.
+        # The right signature and the right token work, so each refusal above could have been a change.
+        body = json.dumps({"type": "batch.succeeded", "data": {"id": batch}}).encode()
+        answer = httpx.post(env["WEBHOOK_URL"], content=body, timeout=60, trust_env=False,
+                            headers=webhook_headers(env["WEBHOOK_SIGNING_SECRET"], body, time.time()))
+        assert answer.status_code == 200 and answer.json() == {"accepted": batch}, answer.text
+        wait_until(lambda: emulator_calls(env) != calls, 60, 0.2, "the webhook's poll worker to look at the batch")
+        calls = emulator_calls(env)
         summary = httpx.post(env["POLLER_URL"], headers=right, timeout=120).json()
-        assert summary["handed_to_complete"] == 1, summary
+        assert summary["due_shards"] == 1 and summary["messages"] >= 1, summary
+        wait_until(lambda: emulator_calls(env) != calls, 60, 0.2, "the tick's poll worker to look at the batch")
+        listing = httpx.get(f"{env['STATUS_URL']}/jobs", headers=right, timeout=60)
+        assert listing.status_code == 200 and busy_id in listing.text
         answer = httpx.post(f"{env['STATUS_URL']}/jobs/{busy_id}:cancel", headers=right, timeout=60)
         assert answer.status_code == 200 and answer.json()["cancelled"] is True
     assert job_doc(env, busy_id)["state"] == "CANCELLED"
-    assert wait_for_state(env, ready_id, "SUCCEEDED")
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason=(
+    "infra/local/relay.py serve_front forwards the header values http.server decoded as Latin-1 as str, which "
+    "httpx encodes as ASCII: a byte above 0x7F raises UnicodeEncodeError and the front answers 503 'the "
+    "function's instance failed' instead of relaying the request (the function itself answers 401)"))
+def test_a_credential_with_bytes_beyond_ascii_is_refused(stack) -> None:
+    env = stack.env
+    header = {"Authorization": b"Bearer \xe9\xff" + env["POLLER_TOKEN"].encode()}
+    for method, url in (("POST", env["POLLER_URL"]), ("GET", f"{env['STATUS_URL']}/jobs")):
+        answer = httpx.request(method, url, headers=header, timeout=60, trust_env=False)
+        assert answer.status_code == 401, (method, url, answer.status_code, answer.text)
 
 
 def test_cloud_mode_refuses_an_identity_that_is_not_allowed(monkeypatch) -> None:
@@ -130,33 +200,44 @@ def secret_forms(key: str) -> list[bytes]:
     return [key.encode(), key.removeprefix("local-").encode()]
 
 
+def stack_secrets(env: dict[str, str]) -> dict[str, list[bytes]]:
+    """Each secret of the stack, in the forms a leak of it may take."""
+    webhook = env["WEBHOOK_SIGNING_SECRET"]
+    return {"GEMINI_API_KEY": secret_forms(env["GEMINI_API_KEY"]), "POLLER_TOKEN": [env["POLLER_TOKEN"].encode()],
+            "WEBHOOK_SIGNING_SECRET": [webhook.encode(), webhook.removeprefix("whsec_").encode()]}
+
+
 def leaks(blob: bytes, forms: list[bytes]) -> bool:
     return any(form in blob for form in forms)
 
 
 def firestore_dump(project: str) -> Iterator[tuple[str, bytes]]:
-    client = firestore.Client(project=project)
-    for collection in client.collections():
-        for snapshot in collection.stream():
-            yield f"{collection.id}/{snapshot.id}", json.dumps(snapshot.to_dict(), default=str).encode()
+    """Every document of the database, subcollections (a job's shards) included."""
+    def walk(collections) -> Iterator[tuple[str, bytes]]:
+        for collection in collections:
+            for snapshot in collection.stream():
+                yield snapshot.reference.path, json.dumps(snapshot.to_dict(), default=str).encode()
+                yield from walk(snapshot.reference.collections())
+
+    yield from walk(firestore.Client(project=project).collections())
 
 
 @pytest.mark.integration
-def test_the_api_key_never_leaks(clean_stack, gemini_emulator, events) -> None:
+def test_no_secret_leaks(clean_stack, gemini_emulator, events) -> None:
     env = clean_stack.env
-    key = env["GEMINI_API_KEY"]
-    assert len(key) >= 30
-    forms = secret_forms(key)
+    assert len(env["GEMINI_API_KEY"]) >= 30
+    secrets = stack_secrets(env)
     token = {"Authorization": f"Bearer {env['POLLER_TOKEN']}"}
 
-    # Error paths at the provider: 429 and 5xx on create, a model it refuses, batches that fail.
+    # Error paths at the provider: 429 on create, 5xx while polling, a model it refuses, batches that fail.
+    # (Not a 5xx on create: its shard waits a lease, 9 minutes, for the poller to recover it by its tag.)
     gemini_emulator.set_faults({"fail_batches": True,
                                 "create_429": {"count": 2, "retry_after_seconds": 0.2},
-                                "http_5xx": {"count": 2, "status": 503, "path_contains": "asyncBatchEmbedContent"}})
+                                "http_5xx": {"count": 2, "status": 503, "path_contains": "/batches/"}})
     failing = upload(env, "leak/failing.jsonl", jsonl_records(TEXTS))
     refused = upload(env, "leak/refused.jsonl", jsonl_records(TEXTS), metadata={"model": "gemini-2.5-flash"})
     first = {job_id_for(env["INPUT_BUCKET"], b.name, b.generation): b for b in (failing, refused)}
-    received = await_events(events, first, 180)
+    received = await_events(events, first, 240)
     for job_id, blob in first.items():
         [event] = received[job_id]
         assert event["status"] == "FAILED", (blob.name, event)
@@ -165,28 +246,80 @@ def test_the_api_key_never_leaks(clean_stack, gemini_emulator, events) -> None:
     partial_id = job_id_for(env["INPUT_BUCKET"], partial.name, partial.generation)
     [event] = await_events(events, [partial_id], 180)[partial_id]
     assert event["status"] == "PARTIALLY_SUCCEEDED" and event["output"]["errors"]
+    job_ids = [*first, partial_id]
 
-    # The searches find the key where it belongs (the stack's env file), so finding nothing means something.
-    assert leaks((clean_stack.state_dir / "env").read_bytes(), forms)
+    # What to search: every log, document, event, object and answer the jobs above left.
     logs = sorted(Path(clean_stack.state_dir, "logs").glob("*"))
-    assert {p.stem for p in logs} >= {"submit", "poller", "complete", "status", "gemini", "relay", "ticker"}
-    assert any(b"will retry" in p.read_bytes() for p in logs), "the transient error path was not logged"
-    findings = [f"log {p.name}" for p in logs if leaks(p.read_bytes(), forms)]
+    assert {p.stem for p in logs} >= {"submit", "poller", "poll_worker", "complete", "status", "gemini", "relay",
+                                      "ticker", "webhook"}
+    texts = {f"log {p.name}": p.read_bytes() for p in logs}
+    assert any(b"503" in text for text in texts.values()), "the provider's errors were not logged"
     documents = dict(firestore_dump(env["GOOGLE_CLOUD_PROJECT"]))
-    assert len(documents) >= 3
-    findings += [f"firestore {name}" for name, text in documents.items() if leaks(text, forms)]
-    findings += [f"event {attrs.get('job_id')}" for attrs, data in events.received
-                 if leaks(json.dumps([attrs, data]).encode(), forms)]
+    assert sum("/shards/" in name for name in documents) >= 3 and any("ledgers" in name for name in documents)
+    texts.update({f"firestore {name}": text for name, text in documents.items()})
+    texts.update({f"event {attrs.get('job_id')}": json.dumps([attrs, data]).encode() for attrs, data in events.received})
     outputs = list(storage.Client().list_blobs(env["OUTPUT_BUCKET"]))
     assert any(b.name.endswith("errors.jsonl") for b in outputs)
-    findings += [f"object {b.name}" for b in outputs if leaks(b.download_as_bytes(), forms)]
-    errors = [job_doc(env, job_id).get("error") for job_id in [*first, partial_id]]
+    texts.update({f"object {b.name}": b.download_as_bytes() for b in outputs})
+    errors = [job_doc(env, job_id).get("error") for job_id in job_ids]
     assert any("refused" in (e or {}).get("message", "") for e in errors), errors
-    findings += [f"job error {e}" for e in errors if e and leaks(json.dumps(e, default=str).encode(), forms)]
     listing = httpx.get(f"{env['STATUS_URL']}/jobs", headers=token, timeout=60)
     assert listing.status_code == 200 and len(listing.json()["jobs"]) == 3
-    findings += ["status API"] if leaks(listing.content, forms) else []
-    findings += [f"{part} health"
-                 for part, state in (("relay", clean_stack.relay_state()), ("ticker", clean_stack.ticker_state()))
-                 if leaks(json.dumps(state).encode(), forms)]
-    assert not findings, f"the Gemini API key shows in: {findings}"
+    texts["status API list"] = listing.content
+    for job_id in job_ids:
+        answer = httpx.get(f"{env['STATUS_URL']}/jobs/{job_id}", headers=token, timeout=60)
+        assert answer.status_code == 200, answer.text
+        texts[f"status API {job_id}"] = answer.content
+    texts["relay health"] = json.dumps(clean_stack.relay_state()).encode()
+    texts["ticker health"] = json.dumps(clean_stack.ticker_state()).encode()
+
+    # The searches find each secret where it belongs (the stack's env file), so finding nothing means something.
+    env_file = (clean_stack.state_dir / "env").read_bytes()
+    assert all(leaks(env_file, forms) for forms in secrets.values())
+    findings = {name: [where for where, text in texts.items() if leaks(text, forms)] for name, forms in secrets.items()}
+    assert not any(findings.values()), f"secrets show in: {findings}"
+
+
+# -- another pipeline's documents ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(strict=True, reason=(
+    "the shard queries are collection-group queries over every `shards` subcollection of the database "
+    "(FirestoreJobRepository._shards): due_shards, waiting_shards and shard_of_batch return the shards of "
+    "jobs in another JOBS_COLLECTION, so a second deployment in the same database is polled, admitted "
+    "into this one's ledger and sent webhooks' polls by this one"))
+def test_a_pipeline_sees_no_shard_of_another_jobs_collection(stack) -> None:
+    """Two deployments sharing a Firestore database (a JOBS_COLLECTION each, as infra/terraform allows) must
+    not see each other's shards: this pipeline's tick would poll or admit them, its webhook poll them."""
+    ours = build_context(Settings())
+    other_collection = f"other_jobs_{uuid.uuid4().hex[:8]}"
+    other = build_context(Settings(jobs_collection=other_collection, ledgers_collection=f"{other_collection}_ledgers"))
+    now = datetime.now(UTC)
+    job_id = f"job-other-{uuid.uuid4().hex[:12]}"
+    source = SourceObject(bucket="elsewhere", name="theirs.jsonl", generation="1", size=10)
+    ledger = "gemini~gemini-embedding-001"
+    batch = f"batches/theirs-{uuid.uuid4().hex[:8]}"
+
+    def shards(tx) -> None:
+        for index, (state, name) in enumerate([(ShardState.STAGED, None), (ShardState.PENDING, batch)]):
+            tx.added.append(Shard(job_id=job_id, index=tx.job.allocate_shard(), state=state, batch_name=name,
+                                  records_uri=f"gs://elsewhere/records-{index}.jsonl", request_count=1, ledger=ledger,
+                                  created_at=now, updated_at=now, next_poll_at=now - timedelta(minutes=1)))
+
+    with stack.ticker_paused():  # our own tick must not act on them meanwhile
+        other.jobs.create(Job(job_id=job_id, source=source, created_at=now, updated_at=now))
+        try:
+            other.jobs.update(job_id, shards)
+            assert [s.index for s in other.jobs.shards(job_id)] == [0, 1], "their pipeline sees its shards"
+            seen = {
+                "due": [s.index for s in ours.jobs.due_shards(datetime.now(UTC), 1000) if s.job_id == job_id],
+                "queue": [s.index for s in ours.jobs.waiting_shards(ledger, 1000) if s.job_id == job_id],
+                "webhook": ours.jobs.shard_of_batch(batch) is not None,
+            }
+        finally:
+            client = firestore.Client(project=stack.env["GOOGLE_CLOUD_PROJECT"])
+            for snapshot in client.collection(other_collection).document(job_id).collection("shards").stream():
+                snapshot.reference.delete()
+            client.collection(other_collection).document(job_id).delete()
+    assert seen == {"due": [], "queue": [], "webhook": False}, f"this pipeline sees another's shards: {seen}"
