@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 # `make test` on a fresh machine does its own set-up: the virtualenvs, and Debian's chromium for the
 # dashboard test (tools/ensure_chromium.sh: installed with apt-get when running as root, else it stops and
 # names the command to run).
+# Two workers: the integration and hostile suites each on one (one stack each), the unit tests spread
+# over both (tests/conftest.py groups them).
 test: setup browser lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 browser:
 	@bash tools/ensure_chromium.sh

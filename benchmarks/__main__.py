@@ -21,7 +21,7 @@ from types import ModuleType
 from benchmarks.common import ROOT, BenchRun, Section, load_average, machine_info, md_table
 
 MODULES = ("bench_pipeline", "bench_submit", "bench_complete", "bench_poller", "bench_calls", "bench_quota",
-           "bench_bounded", "bench_fanout", "bench_scale")
+           "bench_bounded", "bench_fanout", "bench_reuse", "bench_scale")
 
 
 def _modules() -> dict[str, ModuleType]:

@@ -109,10 +109,11 @@ def _waiting_probe(stack: Any) -> Any:
     from google.cloud import firestore
     from google.cloud.firestore_v1.base_query import FieldFilter
 
+    from shared.adapters.firestore_jobs import shards_collection
     from shared.config import Settings
 
     client = firestore.Client()
-    query = client.collection_group("shards").where(filter=FieldFilter("state", "==", "STAGED"))
+    query = client.collection_group(shards_collection(Settings().jobs_collection)).where(filter=FieldFilter("state", "==", "STAGED"))
     ledgers = client.collection(Settings().ledgers_collection)
 
     def waiting() -> tuple[int, int]:

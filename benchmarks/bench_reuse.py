@@ -25,10 +25,9 @@ time of each run (first upload to last completion event), and the cache's cost a
 cost it saved, per million passages (cache reads and writes counted by the jobs, `CachePrices`, the
 model's batch price).
 
-Alone, it starts its own stack with the emulator's hash encoder (vectors drawn from a hash of the text:
+It runs on a stack of its own with the emulator's hash encoder (vectors drawn from a hash of the text:
 the time goes to the pipeline, not to a model) and Tier 3 quotas (10M enqueued tokens, so run 1 is not
-paced by Tier 1's 500k); inside `python -m benchmarks` it uses the stack it is given and says which
-encoder and quotas that stack has.
+paced by Tier 1's 500k); `python -m benchmarks reuse` runs it as part of the whole report.
 """
 
 from __future__ import annotations
@@ -63,7 +62,7 @@ from benchmarks.common import BenchRun, EventWatcher, Section, Target, md_table,
 __all__ = ["NAME", "TITLE", "run"]
 
 NAME = "reuse"
-TITLE = "Reuse by content: a new generation with 5% of passages edited, 2% added, 1% removed"
+TITLE = "9. Reuse by content: a new generation with 5% of passages edited, 2% added, 1% removed"
 FULL, QUICK = 20_000, 2_000
 EDITED, ADDED, REMOVED = 0.05, 0.02, 0.01
 DOC_FILES, JSONL_FILES = 8, 4
@@ -323,32 +322,6 @@ def splitter_stability(files: list[SourceFile], trials: int, seed: int = SEED) -
 # -- one generation through the stack -----------------------------------------------------------------------
 
 
-class _Events(EventWatcher):
-    """Completion events of several jobs at once (EventWatcher.wait_for acknowledges the others')."""
-
-    def wait_all(self, job_ids: set[str], timeout: float) -> dict[str, tuple[dict[str, Any], float]]:
-        from google.api_core import exceptions as gexc
-
-        found: dict[str, tuple[dict[str, Any], float]] = {}
-        deadline = time.monotonic() + timeout
-        while job_ids - set(found):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no completion event within {timeout:.0f}s for {sorted(job_ids - set(found))}")
-            try:
-                response = self._client.pull(subscription=self.path, max_messages=50, timeout=10)
-            except gexc.DeadlineExceeded:
-                continue
-            received = time.time()
-            if response.received_messages:
-                self._client.acknowledge(subscription=self.path,
-                                         ack_ids=[m.ack_id for m in response.received_messages])
-            for message in response.received_messages:
-                job_id = message.message.attributes.get("job_id")
-                if job_id in job_ids:
-                    found[job_id] = (json.loads(message.message.data), received)
-        return found
-
-
 def _emulator_stats(bench: BenchRun) -> dict[str, Any]:
     return bench.emulator.stats()
 
@@ -367,7 +340,7 @@ def _generation(bench: BenchRun, files: list[SourceFile], which: str) -> dict[st
         paths[source.name] = path
     encoded_before = _emulator_stats(bench)["encodedTexts"]
     load = os.getloadavg()[0]
-    with _Events(stack) as events:
+    with EventWatcher(stack) as events:
         t0 = time.time()
 
         def upload(source: SourceFile) -> str:
@@ -377,7 +350,7 @@ def _generation(bench: BenchRun, files: list[SourceFile], which: str) -> dict[st
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             job_ids = dict(zip([s.name for s in files], pool.map(upload, files), strict=True))
         uploaded = time.time()
-        found = events.wait_all(set(job_ids.values()), EVENT_TIMEOUT)
+        found = events.wait_for_all(job_ids.values(), EVENT_TIMEOUT)
     for path in paths.values():
         path.unlink()
     jobs = firestore.Client().collection(env["JOBS_COLLECTION"])
@@ -481,6 +454,13 @@ def _sum(runs: dict[str, Any], names: list[str], *path: str) -> float:
 
 
 def run(bench: BenchRun, passages: int | None = None, command: str | None = None) -> Section:
+    """On a stack of its own: the hash encoder (the time goes to the pipeline, not to a model), Tier 3 quotas."""
+    with bench.own_stack(NAME, STACK_OVERRIDES) as stack:
+        on_stack = BenchRun(quick=bench.quick, workdir=bench.workdir, _default=stack)
+        return _measure(on_stack, passages, command)
+
+
+def _measure(bench: BenchRun, passages: int | None, command: str | None) -> Section:
     from shared.adapters.gemini_provider import GEMINI_MODELS
     from shared.config import Settings
     from shared.domain.reuse import CachePrices
@@ -656,34 +636,11 @@ with ~100 bytes of overhead each). {cache_check}.
 # -- alone ------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _own_stack(keep_logs: bool) -> Iterator[Any]:
-    """common.local_stack with this benchmark's settings (the hash encoder, Tier 3 quotas)."""
-    from benchmarks.common import CLIENT_ENV_KEYS
-    from embedpipe.config import environment
-    from infra.local.stack import LocalStack
-
-    state_dir = ROOT / ".local" / f"bench-reuse-{os.getpid()}"
-    stack = LocalStack(ROOT, state_dir=state_dir, overrides=STACK_OVERRIDES)
-    stack.start()
-    ok = False
-    try:
-        with environment({key: stack.env[key] for key in CLIENT_ENV_KEYS if key in stack.env}):
-            yield stack
-        ok = True
-    finally:
-        stack.stop()
-        if ok and not keep_logs:
-            shutil.rmtree(state_dir, ignore_errors=True)
-        else:
-            print(f"stack logs kept in {state_dir / 'logs'}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_reuse", description=__doc__.split("\n\n")[0])
     parser.add_argument("--passages", type=int, default=None, help=f"corpus size (default {FULL:,}; --quick {QUICK:,})")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK:,} passages")
-    parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs in .local/bench-reuse-PID")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the stack's logs in .local/bench-PID-reuse")
     args = parser.parse_args(argv)
     if args.passages is not None and args.passages < 400:
         parser.error("--passages must be at least 400 (a few files of each kind)")
@@ -694,10 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average {os.getloadavg()}", flush=True)
     started = time.monotonic()
     try:
-        with _own_stack(args.keep_logs) as stack:
-            print(f"local stack up in {time.monotonic() - started:.0f} s", flush=True)
-            bench = BenchRun(stack=stack, quick=args.quick, workdir=workdir)
-            section = run(bench, args.passages, command)
+        section = run(BenchRun(quick=args.quick, workdir=workdir, keep_logs=args.keep_logs), args.passages, command)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(section.markdown())

@@ -40,7 +40,7 @@ from benchmarks.common import BenchRun, Section, Target, md_table
 __all__ = ["NAME", "TITLE", "run"]
 
 NAME = "scale"
-TITLE = "9. Scale, simulated: 10,000 active jobs, one scheduler minute"
+TITLE = "10. Scale, simulated: 10,000 active jobs, one scheduler minute"
 T = TypeVar("T")
 IN_FLIGHT = 100
 MINUTES = 3

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     input_prefix: str = "incoming/"
     output_bucket: str = "embeddings-output"
     output_prefix: str = "embeddings/"
-    jobs_collection: str = "embedding_jobs"  # each job's shards in its subcollection `shards`
+    jobs_collection: str = "embedding_jobs"  # each job's shards in its subcollection `<jobs_collection>_shards`
     ledgers_collection: str = "embedding_ledgers"
     events_topic: str = "embedding-events"  # public completion events
     complete_topic: str = "embedding-complete"  # internal: a shard to write, or a job to finish

@@ -792,7 +792,9 @@ def serve_front(host: str, port: int, pool: InstancePool, client: httpx.Client, 
                 self._plain(411, "send a Content-Length: chunked request bodies are not relayed")
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
+            # http.server decodes header bytes as Latin-1: encoded back the same way, they pass on as sent.
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()
+                       if k.lower() not in HOP_BY_HOP]
 
             def send(base: str) -> tuple[int, list[tuple[str, str]], bytes]:
                 with client.stream(self.command, base.rstrip("/") + self.path, headers=headers, content=body,

@@ -25,10 +25,13 @@ resource "google_firestore_database" "default" {
 
 # -- indexes: one list each, one entry per index ------------------------------------------------------------
 #
-# Collections: var.jobs_collection (one document per job), its subcollection `shards` (one document per
-# shard; a collection group), var.ledgers_collection (one document per provider and model).
+# Collections: var.jobs_collection (one document per job), its subcollection "<jobs_collection>_shards"
+# (one document per shard; a collection group named after the jobs collection, so two deployments sharing
+# a database never see each other's shards), var.ledgers_collection (one document per provider and model).
 
 locals {
+  shards_collection = "${var.jobs_collection}_shards" # shared/adapters/firestore_jobs.py shards_collection
+
   # Composite indexes, one per query shape of shared/adapters/firestore_jobs.py:
   # - jobs_by_state: the jobs API lists by state, newest first (where state == X order by created_at desc,
   #   __name__ desc; the implicit last field follows the direction of the one before it).
@@ -45,7 +48,7 @@ locals {
       fields      = [{ path = "state", order = "ASCENDING" }, { path = "created_at", order = "DESCENDING" }]
     }
     shard_queue = {
-      collection  = "shards"
+      collection  = local.shards_collection
       query_scope = "COLLECTION_GROUP"
       fields = [
         { path = "state", order = "ASCENDING" }, { path = "ledger", order = "ASCENDING" },
@@ -54,18 +57,18 @@ locals {
       ]
     }
     shards_by_state = {
-      collection  = "shards"
+      collection  = local.shards_collection
       query_scope = "COLLECTION"
       fields      = [{ path = "state", order = "ASCENDING" }, { path = "index", order = "ASCENDING" }]
     }
   }
 
-  # Single fields queried over the `shards` collection group (automatic single-field indexes have collection
+  # Single fields queried over the shards collection group (automatic single-field indexes have collection
   # scope only): due shards (next_poll_at <= now order by next_poll_at) and the shard of a batch a webhook
   # names (batch_name == X).
   collection_group_fields = {
-    shards_next_poll_at = { collection = "shards", field = "next_poll_at" }
-    shards_batch_name   = { collection = "shards", field = "batch_name" }
+    shards_next_poll_at = { collection = local.shards_collection, field = "next_poll_at" }
+    shards_batch_name   = { collection = local.shards_collection, field = "batch_name" }
   }
 
   # Fields exempted from the automatic single-field indexes: large maps and arrays that no query filters or
@@ -78,9 +81,9 @@ locals {
     jobs_staging        = { collection = var.jobs_collection, field = "staging" }
     jobs_error          = { collection = var.jobs_collection, field = "error" }
     jobs_last_error     = { collection = var.jobs_collection, field = "last_error" }
-    shards_output       = { collection = "shards", field = "output" }
-    shards_error        = { collection = "shards", field = "provider_error" }
-    shards_records_uri  = { collection = "shards", field = "records_uri" }
+    shards_output       = { collection = local.shards_collection, field = "output" }
+    shards_error        = { collection = local.shards_collection, field = "provider_error" }
+    shards_records_uri  = { collection = local.shards_collection, field = "records_uri" }
     ledgers_holds       = { collection = var.ledgers_collection, field = "holds" }
     ledgers_kept_files  = { collection = var.ledgers_collection, field = "kept_files" }
     cache_vector        = { collection = var.cache_collection, field = "v" }

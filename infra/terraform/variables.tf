@@ -113,7 +113,7 @@ variable "firestore_delete_protection" {
 }
 
 variable "jobs_collection" {
-  description = "Firestore collection of the jobs (JOBS_COLLECTION); each job has a `shards` subcollection."
+  description = "Firestore collection of the jobs (JOBS_COLLECTION); each job has a <jobs_collection>_shards subcollection."
   type        = string
   default     = "embedding_jobs"
 }

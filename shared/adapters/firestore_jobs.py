@@ -1,12 +1,12 @@
-"""The job store over Firestore: one document per job, one per shard (subcollection `shards` of its job),
-one per capacity ledger, and small marker documents.
+"""The job store over Firestore: one document per job, one per shard (in its job's subcollection
+`<jobs collection>_shards`), one per capacity ledger, and small marker documents.
 
 Queries, and the indexes they need (declared in `infra/terraform/firestore.tf`):
 - due jobs: a range on `next_poll_at` (single-field index, automatic);
-- due shards: a range on `next_poll_at` over the `shards` collection group (single-field index enabled
+- due shards: a range on `next_poll_at` over the shards collection group (single-field index enabled
   for collection-group scope);
 - a ledger's queue: `state ==`, `ledger ==`, ordered by `priority desc, fair_key, created_at` over the
-  `shards` collection group (composite index);
+  shards collection group (composite index);
 - the shard of a batch: `batch_name ==` over the collection group (single-field, collection-group scope);
 - jobs by state: `state ==` ordered by `created_at desc` (composite index).
 
@@ -36,11 +36,17 @@ from shared.domain.ledger import Ledger
 from shared.errors import NotFound, PermanentError, TransientError
 from shared.ports import JobRepository, JobTx, LedgerRepository
 
-__all__ = ["FirestoreJobRepository", "FirestoreLedgerRepository", "SHARDS"]
+__all__ = ["FirestoreJobRepository", "FirestoreLedgerRepository", "shards_collection"]
 
 T = TypeVar("T")
 
-SHARDS = "shards"
+
+
+def shards_collection(jobs_collection: str) -> str:
+    """The id of each job's shards subcollection: named after the jobs collection, so the collection-group
+    queries over shards (due, queued, by batch) see only this deployment's, when several share a database."""
+    return f"{jobs_collection}_shards"
+
 _CONTENTION_ROUNDS = 12
 _GET_ALL_BATCH = 300
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
@@ -139,15 +145,16 @@ class FirestoreJobRepository(JobRepository):
         self._client = client
         self._collection = client.collection(collection)
         self._markers = client.collection(f"{collection}_markers")
+        self._shards_id = shards_collection(collection)
 
     def _ref(self, job_id: str) -> firestore.DocumentReference:
         return self._collection.document(job_id)
 
     def _shard_ref(self, job_id: str, index: int) -> firestore.DocumentReference:
-        return self._ref(job_id).collection(SHARDS).document(shard_doc_id(index))
+        return self._ref(job_id).collection(self._shards_id).document(shard_doc_id(index))
 
     def _shards(self) -> Any:
-        return self._client.collection_group(SHARDS)
+        return self._client.collection_group(self._shards_id)
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -254,7 +261,7 @@ class FirestoreJobRepository(JobRepository):
         return _shard(snapshot) if snapshot.exists else None
 
     def shards(self, job_id: str, *, states: Iterable[str] | None = None, limit: int | None = None) -> Iterator[Shard]:
-        query = self._ref(job_id).collection(SHARDS)
+        query = self._ref(job_id).collection(self._shards_id)
         wanted = [str(s) for s in states] if states is not None else None
         if wanted is not None:
             query = query.where(filter=FieldFilter("state", "in", wanted))

@@ -202,7 +202,10 @@ class GeminiBatchProvider(BatchProvider):
                 self.client.delete_file(responses)
             except GeminiNotFoundError:
                 return True
-            except PermanentGeminiError as exc:  # reported: `files/batch-*` names are refused (too long)
+            except PermanentGeminiError as exc:
+                if exc.status_code == 403:  # the Files API's answer for a file that no longer exists
+                    return True
+                # reported: `files/batch-*` names are refused (too long): kept until they expire
                 _log.info("the API keeps this results file until it expires", batch=name, error=str(exc))
                 return False
         return True

@@ -353,20 +353,27 @@ def _last(job: Job) -> str:
 
 
 def _note_failure(ctx: Context, error: dict) -> None:
-    """Back a failing job off, so it is not hammered every tick."""
-    job_id = error["item"].split("/", 1)[0]
+    """Back a failing job off, and the shard whose step failed, so neither is hammered every tick."""
+    job_id, _, index = error["item"].partition("/")
     if not job_id.startswith("job-"):
         return
     now = ctx.clock()
 
-    def back_off(tx) -> None:
+    def back_off(tx) -> int:
         job = tx.job
         job.poll_failures += 1
         job.last_error = ErrorInfo(code=error["error"], message=error["message"], at=now)
         if job.next_poll_at is not None:
             job.next_poll_at = ctx.next_poll_at(now, size=job.counts.total, age_seconds=0, failures=job.poll_failures)
+        return job.poll_failures
+
+    def back_off_shard(shard: Shard) -> None:
+        if shard.next_poll_at is not None and not shard.final and not shard.leased_by_other(ctx.owner, now):
+            shard.next_poll_at = ctx.next_poll_at(now, size=shard.request_count, age_seconds=0, failures=failures)
 
     try:
-        ctx.jobs.update(job_id, back_off)
+        _, failures = ctx.jobs.update(job_id, back_off)
+        if index.isdigit():
+            ctx.jobs.update_shard(job_id, int(index), back_off_shard)
     except (TransientError, PermanentError):
         log.warning("could not record the poll failure", exc_info=True)

@@ -14,6 +14,7 @@ from google.cloud import firestore, storage
 
 from infra.local.processes import wait_until
 from infra.local.relay import storage_event
+from shared.adapters.firestore_jobs import shards_collection
 from shared.domain.jobs import SourceObject
 from shared.domain.paths import JobPaths
 from shared.gemini import GeminiClient
@@ -32,8 +33,9 @@ def job_doc(env: dict[str, str], job_id: str, collection: str | None = None) -> 
 
 
 def shard_docs(env: dict[str, str], job_id: str, collection: str | None = None) -> list[dict]:
-    """The job's shard documents (its subcollection `shards`), by index."""
-    shards = jobs_collection(env, collection).document(job_id).collection("shards")
+    """The job's shard documents (its subcollection `<jobs collection>_shards`), by index."""
+    jobs = jobs_collection(env, collection)
+    shards = jobs.document(job_id).collection(shards_collection(jobs.id))
     return [s.to_dict() for s in shards.order_by("index").stream()]
 
 

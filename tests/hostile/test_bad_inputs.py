@@ -166,7 +166,10 @@ def test_hostile_file(corpus: CorpusRun, key: str) -> None:
 
     # No crash loop, nothing left behind.
     assert outcome.deliveries, "the relay never delivered the finalize event"
-    assert all(d["outcome"] == "ack" and d["attempt"] == 1 for d in outcome.deliveries), outcome.deliveries
+    # A retry is fine (the poller's reconciliation of unsubmitted inputs may hold the job's lease when the
+    # event comes); a timeout or a dead letter is not, and the last delivery is acknowledged.
+    assert outcome.deliveries[-1]["outcome"] == "ack", outcome.deliveries
+    assert {d["outcome"] for d in outcome.deliveries} <= {"ack", "nack"}, outcome.deliveries
     assert not outcome.staging_leftovers, outcome.staging_leftovers
     assert outcome.problems is not None, f"the job and its event name {summary['uri']}, which was never written"
 

@@ -80,14 +80,19 @@ CREATE_LEASE_SECONDS = GEMINI_TIMEOUT_SECONDS + CREATE_SLACK_SECONDS + 5
 #: Complete makes no create: its workers' leases (which a rerun waits out) can be short.
 COMPLETE_LEASE_SECONDS = 8.0
 PARALLEL = 4
-OUTPUT_FILES = ["embeddings-00000.jsonl", "embeddings-00000.parquet", "embeddings-00001.jsonl",
-                "embeddings-00001.parquet", "manifest.json"]
+#: Batches in flight at once, under the stack's concurrent-batches limit (100).
+BATCHES_AT_ONCE = 80
+OUTPUT_FILES = ["changes.jsonl", "embeddings-00000.jsonl", "embeddings-00000.parquet", "embeddings-00001.jsonl",
+                "embeddings-00001.parquet", "index.jsonl", "manifest.json"]
+PARQUET_FILES = ["embeddings-00000.parquet", "embeddings-00001.parquet"]
 
 
 def manual_context(lease_seconds: float, **settings) -> Context:
     """A context over the stack's services for inputs under `manual/` (ignored by the stack's submit
-    function), with 2-shard jobs."""
+    function), with 2-shard jobs whose every record goes to the provider (no reuse of the same texts'
+    vectors: each job must make its own batches)."""
     return build_context(Settings(input_prefix="manual/", max_tokens_per_batch=SHARD_TOKENS, lease_seconds=lease_seconds,
+                                  reuse_embeddings=False,
                                   gemini_timeout_seconds=GEMINI_TIMEOUT_SECONDS, **settings))
 
 
@@ -160,7 +165,7 @@ def check_job_ended_whole(env: dict[str, str], job_id: str, received: list[dict]
     assert files == OUTPUT_FILES, files
     manifest = orjson.loads(read_gs(event["output"]["manifest"]))
     assert [f["uri"] for f in manifest["files"]["embeddings"]] == event["output"]["embeddings"]
-    assert [f["uri"].rsplit("/", 1)[-1] for f in manifest["files"]["parquet"]] == OUTPUT_FILES[1:4:2]
+    assert [f["uri"].rsplit("/", 1)[-1] for f in manifest["files"]["parquet"]] == PARQUET_FILES
     assert not staging_left(env, job), "staging files left after the event"
 
 
@@ -191,7 +196,17 @@ def test_submit_killed_after_each_port_call_then_redelivered(clean_stack, gemini
     job_ids = [job_of(s) for s in [probe, *sources]]
     received = await_events(events, job_ids, 240)
     held = settled(lambda: ledger_holds(env, job_ids), 60)  # a shard's release may follow its job's event
-    assert not held, {f"killed after call {job_ids.index(j)}": holders for j, holders in held.items()}
+    # Killed between a reservation and the shard's record of it: the hold names no shard's reservation, so
+    # only the tick's reconciliation frees it (once older than a lease; these workers' leases are short).
+    reserved_then_died = {k for k in ks[:-1] if calls[k - 1] == "ledgers.update" and calls[k] == "jobs.update_shard"}
+    assert {job_ids.index(j) for j in held} <= reserved_then_died, {
+        f"killed after call {job_ids.index(j)}": holders for j, holders in held.items()}
+    for key in ctx.ledgers.list_keys():
+        while reconcile_ledger(ctx.for_invocation(), key):
+            pass
+    held = ledger_holds(env, job_ids)
+    assert not held, {f"still held after reconciliation, killed after call {job_ids.index(j)}": holders
+                      for j, holders in held.items()}
     batches = batches_per_job(env)
     for k, job_id in enumerate(job_ids):
         try:
@@ -245,14 +260,18 @@ def complete_crashes(stack) -> Iterator[CompleteCrashes]:
     collection = private["jobs_collection"]
 
     def to_succeeded(names: list[str]) -> list[str]:
-        """Jobs whose two shards' batches succeeded, each shard SUCCEEDED and handed to complete."""
-        sources = in_parallel(lambda name: land(env, name), names)
-        assert {submit_object(creator.for_invocation(), s).outcome for s in sources} == {SubmitOutcome.SUBMITTED}
-        job_ids = [job_of(s) for s in sources]
-        wait_until(lambda: all(b.state.value == "BATCH_STATE_SUCCEEDED" for b in emulator_batches(env))
-                   and sum(batches_per_job(env)[j] for j in job_ids) == 2 * len(job_ids), 120, 0.3, "the batches")
-        shards = [shard for job_id in job_ids for shard in creator.jobs.shards(job_id)]
-        assert {poll_shard(creator.for_invocation(), s) for s in shards} == {"handed_to_complete"}
+        """Jobs whose two shards' batches succeeded, each shard SUCCEEDED and handed to complete; by groups
+        that fit the ledger's 100 concurrent batches (a batch counts until its end is polled)."""
+        job_ids = []
+        for start in range(0, len(names), BATCHES_AT_ONCE // 2):
+            sources = in_parallel(lambda name: land(env, name), names[start:start + BATCHES_AT_ONCE // 2])
+            assert {submit_object(creator.for_invocation(), s).outcome for s in sources} == {SubmitOutcome.SUBMITTED}
+            group = [job_of(s) for s in sources]
+            wait_until(lambda g=group: all(b.state.value == "BATCH_STATE_SUCCEEDED" for b in emulator_batches(env))
+                       and sum(batches_per_job(env)[j] for j in g) == 2 * len(g), 120, 0.3, "the batches")
+            shards = [shard for job_id in group for shard in creator.jobs.shards(job_id)]
+            assert {poll_shard(creator.for_invocation(), s) for s in shards} == {"handed_to_complete"}
+            job_ids += group
         return job_ids
 
     def complete_both(worker: Context, job_id: str) -> list[str]:
@@ -273,7 +292,6 @@ def complete_crashes(stack) -> Iterator[CompleteCrashes]:
             poll_job(completer.for_invocation(), job)
         return False
 
-    import time as _t; _t0 = _t.monotonic()  # DEBUG
     try:
         with stack.ticker_paused():  # the stack's poller must not look at these shards (see the report)
             [probe] = to_succeeded(["complete-probe"])
@@ -281,20 +299,15 @@ def complete_crashes(stack) -> Iterator[CompleteCrashes]:
             assert complete_both(counted, probe) == ["written", "written_and_finished"]
             calls = list(life.calls)
             ks = list(range(1, len(calls) + 1))
-            print(f"[phase] probe {_t.monotonic() - _t0:.0f}", flush=True)  # DEBUG
             job_ids = to_succeeded([f"complete-dies-after-{k:02d}" for k in ks])
-            print(f"[phase] succeeded {_t.monotonic() - _t0:.0f}", flush=True)  # DEBUG
             for k, job_id in zip(ks, job_ids, strict=True):
                 die_after(k, calls, lambda w, j=job_id: complete_both(w, j), completer)
-            print(f"[phase] died {_t.monotonic() - _t0:.0f}", flush=True)  # DEBUG
             for job_id in job_ids:
                 rerun(job_id)
-            print(f"[phase] rerun {_t.monotonic() - _t0:.0f}", flush=True)  # DEBUG
             for job_id in job_ids:
                 wait_until(lambda j=job_id: poller_looks(j), 60, 0.3, f"job {job_id} to need no more polls")
             assert {tuple(complete_both(completer.for_invocation(), j)) for j in job_ids} == {
                 ("already_written", "already_written")}
-        print(f"[phase] polled {_t.monotonic() - _t0:.0f}", flush=True)  # DEBUG
         every = [probe, *job_ids]
         received = await_events(events, every, 60)
         held = ledger_holds(env, every, private["ledgers_collection"])
@@ -332,11 +345,6 @@ def test_complete_killed_after_each_port_call_holds_capacity_only_for_reconcilia
     assert set(held) <= run.released_later(), {run.died_after(k): holders for k, holders in held.items()}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a worker that died after deleting a shard's results file (provider.delete_results) but before releasing "
-    "its hold leaves file bytes held for 48 hours: reconciliation deletes the file again to find out, the "
-    "Files API (and the emulator) answer 403 for a missing file, GeminiBatchProvider.delete_results takes "
-    "that for 'kept until it expires' and reconcile_ledger sets files_kept_until(+48 h) instead of releasing"))
 def test_reconciliation_frees_what_a_dead_complete_left_held(complete_crashes) -> None:
     run = complete_crashes
     left = {run.died_after(k): run.held_after_reconcile[job_id] for k, job_id in enumerate(run.job_ids)

@@ -149,9 +149,6 @@ def test_a_batch_lost_in_an_emulator_restart_is_created_again(clean_stack, gemin
     assert worker["invocations"] >= 4 and worker["dead_lettered"] == 0 and worker["timeouts"] == 0, worker
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a shard whose poll fails is not backed off: poll_work's _note_failure backs off the job document only "
-    "(next_poll_at of a RUNNING job), the shard's next_poll_at stays past, so every tick fans it out again"))
 def test_a_poll_that_meets_an_outage_backs_the_shard_off(clean_stack, gemini_emulator) -> None:
     env = clean_stack.env
     gemini_emulator.set_faults({"pending_seconds": 600})

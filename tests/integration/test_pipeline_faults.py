@@ -17,6 +17,7 @@ from google.cloud import firestore, pubsub_v1, storage
 
 from infra.local.processes import wait_until
 from infra.local.relay import storage_event
+from shared.adapters.firestore_jobs import shards_collection
 from shared.adapters.gcs_blobs import GcsBlobStore
 from shared.adapters.gemini_provider import GeminiBatchProvider
 from shared.bootstrap import build_context
@@ -45,7 +46,7 @@ def job_doc(env, job_id: str, collection: str | None = None) -> dict:
 
 def shard_docs(env, job_id: str, collection: str | None = None) -> list[dict]:
     jobs = firestore.Client().collection(collection or env.get("JOBS_COLLECTION", "embedding_jobs"))
-    return [s.to_dict() for s in jobs.document(job_id).collection("shards").order_by("index").stream()]
+    return [s.to_dict() for s in jobs.document(job_id).collection(shards_collection(jobs.id)).order_by("index").stream()]
 
 
 def wait_for_state(env, job_id: str, *states: str, timeout: float = 120) -> dict:

@@ -239,6 +239,18 @@ def test_an_empty_object_fails_with_a_clear_error(ctx):
     assert ctx.jobs.get(result.job_id).event_published_at is not None
 
 
+def test_a_file_of_only_bad_records_fails_and_its_input_errors_file_lists_them(ctx):
+    """A job that ends in submission (nothing usable) still joins its problems into input-errors.jsonl,
+    which its event names, before the staging files go."""
+    data = b'{"id": "a"}\nnot json\n{"text": ""}\n'
+    result = submit_object(ctx, upload(ctx, "incoming/bad.jsonl", data))
+    [event] = ctx.publisher.on(EVENTS)
+    assert event["status"] == "FAILED" and event["counts"]["input_problems"] == 3
+    assert event["input_errors"] == ctx.jobs.get(result.job_id).input_problems.uri
+    lines = [orjson.loads(line) for line in ctx.blobs.read(event["input_errors"]).splitlines()]
+    assert [line["line"] for line in lines] == [1, 2, 3]
+
+
 def test_a_generation_replaced_before_it_was_read_fails_its_job_with_an_event(ctx):
     source = upload(ctx, "incoming/a.jsonl", jsonl(2))
     upload(ctx, "incoming/a.jsonl", jsonl(3))  # a new generation replaces it before submit runs
