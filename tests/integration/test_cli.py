@@ -108,9 +108,10 @@ def test_watch_exits_0_when_every_job_succeeded(finished):
 
 
 def test_jobs_lists_the_newest_jobs(env_file, finished):
-    result = embedpipe(env_file, "jobs")
+    result = embedpipe(env_file, "jobs", "--limit", "500")  # the suite's stack holds more than 20 jobs by now
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    assert finished["faq"].job_id in rows, result.stdout
     faq = rows[finished["faq"].job_id]
     assert faq[1:6] == ["SUCCEEDED", "incoming/faq.jsonl", "100.0%", "20/0/20", "100.0%"]
     assert rows[finished["handbook"].job_id][1] == "SUCCEEDED"

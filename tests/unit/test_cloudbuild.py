@@ -43,7 +43,7 @@ def _image(step: dict) -> str:
 
 def _needed_by_make_test() -> set[str]:
     """The external commands in `make test`'s recipes (make -n -B prints them all, as on a fresh machine, without running them)."""
-    dry = subprocess.run(["make", "-n", "-B", "test", "PYTHON=python3"], cwd=ROOT, capture_output=True, text=True,
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "-B", "test", "PYTHON=python3"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60, env={**os.environ, "MAKEFLAGS": ""})
     assert dry.returncode == 0, dry.stderr
     commands = set()
