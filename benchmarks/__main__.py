@@ -61,7 +61,7 @@ def write_plot(sections: list[Section], modules: dict[str, ModuleType], path: Pa
     return True
 
 
-def write_markdown(sections: list[Section], machine: dict, path: Path, plot: bool) -> None:
+def write_markdown(sections: list[Section], machine: dict, path: Path, plot: bool, skipped: list[str]) -> None:
     targets = [[s.title.split(".")[0], t.what, t.measured, "met" if t.met else "**missed**"]
                for s in sections for t in s.targets]
     stacks = ", ".join(f"{label} {seconds} s" for label, seconds in machine.get("stack_seconds", {}).items())
@@ -85,8 +85,11 @@ def write_markdown(sections: list[Section], machine: dict, path: Path, plot: boo
         md_table(["", ""], facts) + "\n",
         f"Packages: {versions}.\n",
         "Not run by `make bench`: `benchmarks/bench_ingest.py` (the readers on 1 GB inputs), "
+        "`benchmarks/bench_passages.py` (the splitter's stability and the cost of resuming a read), "
         "`benchmarks/bench_emulator.py` (the emulator against its bare encoder) and `benchmarks/bench_models.py` "
         "(model choice); their docstrings say how to run them.\n",
+        *([f"Not in this run: {', '.join(skipped)} (`python -m benchmarks {' '.join(skipped)}`; their last "
+           "figures are in this file's history).\n"] if skipped else []),
         "## Targets\n",
         md_table(["#", "target", "measured", ""], targets) + "\n",
     ]
@@ -155,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{machine['load_after']} after")
     if write and sections:
         plot = write_plot(sections, modules, ROOT / "docs" / "benchmarks.png")
-        write_markdown(sections, machine, ROOT / "docs" / "benchmarks.md", plot)
+        write_markdown(sections, machine, ROOT / "docs" / "benchmarks.md", plot,
+                       [name for name in modules if name not in {s.name for s in sections}])
         print(f"wrote docs/benchmarks.md{' and docs/benchmarks.png' if plot else ''}")
     if failures:
         print(f"FAILED: {', '.join(failures)}", file=sys.stderr)

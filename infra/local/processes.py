@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -59,11 +60,45 @@ class StartupError(RuntimeError):
     """A process did not become ready; the message ends with the tail of its log."""
 
 
+#: Ports handed out by this process: never twice.
+_HANDED_OUT: set[int] = set()
+_HANDED_OUT_LOCK = threading.Lock()
+#: Where free ports are drawn from when the kernel's ephemeral range is unknown.
+_LOWEST_PORT, _EPHEMERAL_START = 10000, 32768
+_SLICES = 8
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _EPHEMERAL_START
+
+
 def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port on 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral range (where
+    outgoing connections and bind(0) draw theirs, so no other socket takes it before its server binds),
+    never handed out twice by this process, and from a slice of its own for each pytest-xdist worker
+    (`PYTEST_XDIST_WORKER` gwN): stacks started side by side never pick the same one."""
+    low, high = _LOWEST_PORT, max(_ephemeral_start(), _LOWEST_PORT + _SLICES * 100)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    width = (high - low) // _SLICES
+    start = low + (int(worker) % _SLICES if worker.isdigit() else 0) * width
+    candidates = list(range(start, start + width))
+    rng = random.Random()
+    rng.shuffle(candidates)
+    with _HANDED_OUT_LOCK:
+        for port in candidates:
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
+    raise OSError(f"no free port in {start}..{start + width - 1}")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition") -> None:
