@@ -39,6 +39,7 @@ TEST_OVERRIDES = {
     "RECONCILE_GRACE_MINUTES": "0.25",  # an upload whose event was lost is found after 15 s, not 10 minutes
     "RELAY_MIN_BACKOFF_SECONDS": "0.2",
     "RELAY_MAX_BACKOFF_SECONDS": "5",
+    "PROVIDERS": "vertex",  # beside PROVIDER=gemini: a file may choose Vertex AI (test_pipeline_vertex)
 }
 # Settings of this process while the stack runs (the functions' settings plus where everything is).
 PROCESS_ENV_KEYS = (
