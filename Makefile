@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 # `make test` on a fresh machine does its own set-up: the virtualenvs, and Debian's chromium for the
 # dashboard test (tools/ensure_chromium.sh: installed with apt-get when running as root, else it stops and
 # names the command to run).
-# Two workers: the integration and hostile suites each on one (one stack each), the unit tests spread
-# over both (tests/conftest.py groups them).
+# Two workers: the integration and hostile suites each whole on one (one stack each), the other tests
+# spread over both (tests/conftest.py schedules them).
 test: setup browser lint
-	$(PY) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 browser:
 	@bash tools/ensure_chromium.sh

@@ -15,11 +15,19 @@ settings.register_profile("explore", deadline=None, suppress_health_check=_QUIET
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def pytest_collection_modifyitems(config, items) -> None:
-    """Each suite that runs on one local stack of its own (integration, hostile) is one xdist group, so
-    `make test` (`-n 2 --dist loadgroup`) runs each on a single worker, its stack started once, while the
-    rest of the tests spread over both."""
-    for item in items:
-        suite = item.path.relative_to(config.rootpath).parts[1:2]
-        if suite and suite[0] in ("integration", "hostile"):
-            item.add_marker(pytest.mark.xdist_group(suite[0]))
+#: Suites that run on one local stack each: under xdist, each runs whole on one worker (its stack started once).
+STACK_SUITES = ("integration", "hostile")
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: without xdist, nothing to schedule
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` (`-n 2`): each stack suite is one scope, given whole to one worker; every other test is
+    a scope of its own, spread over both. (xdist's loadgroup marks do not reach the node ids under pytest 9.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class StackSuitesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            parts = nodeid.split("/")
+            return parts[1] if len(parts) > 2 and parts[0] == "tests" and parts[1] in STACK_SUITES else nodeid
+
+    return StackSuitesTogether(config, log)

@@ -75,11 +75,19 @@ def _ephemeral_start() -> int:
         return _EPHEMERAL_START
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral range (where
-    outgoing connections and bind(0) draw theirs, so no other socket takes it before its server binds),
-    never handed out twice by this process, and from a slice of its own for each pytest-xdist worker
-    (`PYTEST_XDIST_WORKER` gwN): stacks started side by side never pick the same one."""
+def free_port(*, ephemeral: bool = False) -> int:
+    """A port on 127.0.0.1 that nothing listens on right now.
+
+    By default (the ports a stack assigns to its parts), below the kernel's ephemeral range (where outgoing
+    connections and bind(0) draw theirs, so no other socket takes it before its server binds), never handed
+    out twice by this process, and from a slice of its own for each pytest-xdist worker (`PYTEST_XDIST_WORKER`
+    gwN): stacks started side by side never pick the same one. `ephemeral`: one the kernel picks (bind(0))
+    in its ephemeral range, for processes that start servers of their own inside a stack (the relay's
+    function instances): never one of the stack's own ports."""
+    if ephemeral:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
     low, high = _LOWEST_PORT, max(_ephemeral_start(), _LOWEST_PORT + _SLICES * 100)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     width = (high - low) // _SLICES
@@ -424,7 +432,7 @@ class InstancePool:
         self.longest = 0.0
         self.instances: list[Instance] = []
         for index in range(count):
-            port = free_port()
+            port = free_port(ephemeral=True)
             process = ManagedProcess(f"{name}#{index}", [part.replace("{port}", str(port)) for part in argv],
                                      log_path(index), f"http://{host}:{port}{health_path}", env=dict(env or {}),
                                      cwd=cwd, inherit_env=False)

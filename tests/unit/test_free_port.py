@@ -19,3 +19,8 @@ def test_each_xdist_worker_draws_from_a_slice_of_its_own(monkeypatch):
         drawn[worker] = {free_port() for _ in range(20)}
     assert not (drawn["gw0"] & drawn["gw1"]) and not (drawn["gw1"] & drawn["gw2"])
     assert max(drawn["gw0"]) < min(drawn["gw1"]) and max(drawn["gw1"]) < min(drawn["gw2"])
+
+
+def test_ephemeral_ports_come_from_the_kernels_range_never_a_stacks():
+    port = free_port(ephemeral=True)
+    assert port >= processes._ephemeral_start()
