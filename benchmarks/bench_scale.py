@@ -284,12 +284,12 @@ def _seed(ctx: Any, jobs_total: int, seed: int = 5) -> dict[str, Any]:
                 "priority": 0, "error": None, "dims": options.output_dimensionality, "input": f"files/scale-{position}",
                 "done": 1, "ends_at": max(started + length, now + timedelta(seconds=rng.uniform(30, 1800))),
             }
-            shard.state, shard.reserved, shard.batch_name = ShardState.RUNNING, True, name
+            shard.state, shard.batch_name = ShardState.RUNNING, name
             shard.input_ref, shard.create_started_at, shard.succeeded, shard.pending = f"files/scale-{position}", started, 1, 2
             shard.next_poll_at = ctx.next_poll_at(now, size=3, age_seconds=(now - started).total_seconds(),
                                                   seconds_left=(now - started).total_seconds() * 2)
             shard.next_poll_at = now + (shard.next_poll_at - now) * rng.random()  # somewhere in its interval
-            ledger.admit(job.job_id, index, 30_000, shard.file_bytes, shard.fair_key, started)
+            _, shard.reservation = ledger.admit(job.job_id, index, 30_000, shard.file_bytes, shard.fair_key, started)
         docs.setdefault(job.job_id, []).append(shard)
     jobs = ctx.jobs
     with jobs._lock:
