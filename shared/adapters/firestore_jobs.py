@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -52,6 +53,7 @@ _GET_ALL_BATCH = 300
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
               gexc.TooManyRequests, gexc.ResourceExhausted, gexc.Unknown, gexc.GatewayTimeout, gexc.BadGateway)
 _EXHAUSTED_TRANSACTION = "Failed to commit transaction"
+_WRITE_TOKEN = "_write"  # a ledger document's last writer (see FirestoreLedgerRepository.update)
 
 
 class _Contended(Exception):
@@ -95,6 +97,15 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)  # StrEnum -> plain str
     return value
+
+
+def _ledger(key: str, snapshot: Any) -> Ledger:
+    if not snapshot.exists:
+        return Ledger(key=key)
+    stored = snapshot.to_dict()
+    stored.pop(_WRITE_TOKEN, None)
+    with _mapped(f"ledger {key}"):
+        return Ledger.model_validate(stored)
 
 
 def _revision(snapshot: Any) -> str | None:
@@ -347,25 +358,48 @@ class FirestoreLedgerRepository(LedgerRepository):
         self._client = client
         self._collection = client.collection(collection)
 
+    def update(self, key: str, change: Callable[[Ledger], T]) -> tuple[Ledger, T]:
+        """Compare-and-set, not a transaction: read, change, write only if the document is still the one
+        read (its update time; `create` when there was none), else read again after a jittered back-off.
+        The ledger is the one document every submit, create and batch end of a model touches; a
+        transaction would hold its lock across the round trip (the Firestore emulator, which does not
+        resolve lock conflicts, then stalls every contender until its 30 s lock timeout), while a
+        precondition fails at once. A change that leaves the ledger as it was writes nothing.
+
+        Each write carries a token of its own: when its answer is lost (the client's retry of an applied
+        write is refused by the precondition, or the call fails in transit), the ledger is read again and
+        a write that landed is not applied a second time."""
+        ref = self._collection.document(key)
+
+        def attempt() -> tuple[Ledger, T]:
+            snapshot = ref.get()
+            ledger = _ledger(key, snapshot)
+            before = _to_document(ledger)
+            result = change(ledger)
+            after = _to_document(ledger)
+            if snapshot.exists and after == before:
+                return ledger, result
+            token = uuid.uuid4().hex
+            try:
+                if snapshot.exists:
+                    option = self._client.write_option(last_update_time=snapshot.update_time)
+                    ref.update({**after, _WRITE_TOKEN: token}, option=option)
+                else:
+                    ref.create({**after, _WRITE_TOKEN: token})
+            except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound, *_TRANSIENT) as exc:  # AlreadyExists is a Conflict
+                if (ref.get().to_dict() or {}).get(_WRITE_TOKEN) == token:
+                    return ledger, result
+                if isinstance(exc, _TRANSIENT):
+                    raise
+                raise _Contended(f"ledger {key} changed meanwhile") from exc
+            return ledger, result
+
+        return _in_rounds(f"ledger {key}", attempt)
+
     def get(self, key: str) -> Ledger | None:
         with _mapped(f"reading ledger {key}"):
             snapshot = self._collection.document(key).get()
-            return Ledger.model_validate(snapshot.to_dict()) if snapshot.exists else None
-
-    def update(self, key: str, change: Callable[[Ledger], T]) -> tuple[Ledger, T]:
-        ref = self._collection.document(key)
-
-        @firestore.transactional
-        def run(transaction: firestore.Transaction) -> tuple[Ledger, T]:
-            snapshot = ref.get(transaction=transaction)
-            ledger = Ledger.model_validate(snapshot.to_dict()) if snapshot.exists else Ledger(key=key)
-            before = _to_document(ledger)
-            result = change(ledger)
-            if _to_document(ledger) != before or not snapshot.exists:
-                transaction.set(ref, _to_document(ledger))
-            return ledger, result
-
-        return _in_rounds(f"ledger {key}", lambda: run(self._client.transaction(max_attempts=5)))
+            return _ledger(key, snapshot) if snapshot.exists else None
 
     def list_keys(self) -> list[str]:
         with _mapped("listing ledgers"):

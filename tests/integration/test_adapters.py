@@ -5,9 +5,11 @@ from __future__ import annotations
 import gzip
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from google.api_core import exceptions as gexc
 from google.cloud import firestore, pubsub_v1, storage
 
 from shared.adapters.firestore_jobs import FirestoreJobRepository, FirestoreLedgerRepository
@@ -234,6 +236,41 @@ def test_a_document_over_firestores_size_limit_is_a_permanent_error(repo):
     with pytest.raises(PermanentError) as caught:
         repo.update("job-big", grow)
     assert caught.value.code in ("DOCUMENT_TOO_LARGE", "INVALID_ARGUMENT")
+
+
+def test_ledger_updates_lose_nothing_when_sixteen_writers_race_to_create_it(ledgers):
+    """Compare-and-set under contention: every writer's change lands exactly once, the creating ones too."""
+    def admit(i: int) -> None:
+        ledgers.update("gemini~busy", lambda book: book.admit("job", i, 10, 0, float(i), NOW))
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(admit, range(16)))
+    ledger = ledgers.get("gemini~busy")
+    assert ledger.tokens_held == 160 and sorted(h.shard for h in ledger.holds.values()) == list(range(16))
+
+
+@pytest.mark.parametrize("method", ["create", "update"])
+@pytest.mark.parametrize("lost", [gexc.DeadlineExceeded, gexc.FailedPrecondition], ids=["in-transit", "retry-refused"])
+def test_a_ledger_write_whose_answer_is_lost_is_applied_once(ledgers, monkeypatch, method, lost):
+    """The write reaches Firestore, its answer does not: the call fails in transit, or the client's retry of
+    the applied write is refused by its own precondition. The change is not applied a second time."""
+    if method == "update":
+        ledgers.update("gemini~lost", lambda book: book.admit("job", 9, 10, 0, 0.0, NOW))
+    real = getattr(firestore.DocumentReference, method)
+    answers_lost = []
+
+    def write_then_lose_the_answer(self, *args, **kwargs):
+        written = real(self, *args, **kwargs)
+        if not answers_lost:
+            answers_lost.append(self.id)
+            raise lost("the answer was lost")
+        return written
+
+    monkeypatch.setattr(firestore.DocumentReference, method, write_then_lose_the_answer)
+    ledgers.update("gemini~lost", lambda book: book.admit("job", 0, 10, 0, 1.0, NOW))
+    held = ledgers.get("gemini~lost")
+    assert answers_lost == ["gemini~lost"]
+    assert sorted(h.shard for h in held.holds.values()) == ([0, 9] if method == "update" else [0])
 
 
 def test_ledgers_update_atomically_and_are_listed(ledgers):
