@@ -155,7 +155,9 @@ class LedgerRepository(abc.ABC):
     @abc.abstractmethod
     def update(self, key: str, change: Callable[[Ledger], T]) -> tuple[Ledger, T]:
         """Read the ledger (a new empty one if absent), apply `change`, write it back, atomically (as
-        `JobRepository.update`)."""
+        `JobRepository.update`). `change` may run more than once (on fresh reads); when this returns, the
+        ledger holds exactly one application of it, even if the answer to a write was lost; when it
+        raises, none or one (a write whose outcome could not be read back)."""
 
     @abc.abstractmethod
     def list_keys(self) -> list[str]:

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from google.api_core import exceptions as gexc
@@ -53,7 +53,8 @@ _GET_ALL_BATCH = 300
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
               gexc.TooManyRequests, gexc.ResourceExhausted, gexc.Unknown, gexc.GatewayTimeout, gexc.BadGateway)
 _EXHAUSTED_TRANSACTION = "Failed to commit transaction"
-_WRITE_TOKEN = "_write"  # a ledger document's last writer (see FirestoreLedgerRepository.update)
+_WRITES = "_writes"  # a ledger document's recent writes: token -> time (see FirestoreLedgerRepository.update)
+_WRITES_KEPT = timedelta(minutes=3)
 
 
 class _Contended(Exception):
@@ -73,7 +74,7 @@ def _mapped(what: str) -> Iterator[None]:
     except gexc.InvalidArgument as exc:
         code = "DOCUMENT_TOO_LARGE" if "size" in str(exc).lower() or "too big" in str(exc).lower() else "INVALID_ARGUMENT"
         raise PermanentError(f"{what}: Firestore refused the write ({exc.message})", code=code) from exc
-    except _TRANSIENT as exc:
+    except (*_TRANSIENT, gexc.RetryError) as exc:  # RetryError: the client's own retries ran out
         raise TransientError(f"Firestore unavailable ({what}): {type(exc).__name__}") from exc
     except ValueError as exc:
         if str(exc).startswith(_EXHAUSTED_TRANSACTION):
@@ -97,15 +98,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)  # StrEnum -> plain str
     return value
-
-
-def _ledger(key: str, snapshot: Any) -> Ledger:
-    if not snapshot.exists:
-        return Ledger(key=key)
-    stored = snapshot.to_dict()
-    stored.pop(_WRITE_TOKEN, None)
-    with _mapped(f"ledger {key}"):
-        return Ledger.model_validate(stored)
 
 
 def _revision(snapshot: Any) -> str | None:
@@ -140,15 +132,16 @@ def _shard(snapshot: Any) -> Shard:
 def _in_rounds(what: str, attempt: Callable[[], T]) -> T:
     """Firestore retries an aborted transaction at once; under contention (several deliveries of one event
     at the same moment, shards of one job closing together) that is not enough, so back off with jitter."""
-    delay = 0.05
+    delay, reason = 0.05, ""
     for _ in range(_CONTENTION_ROUNDS):
         try:
             with _mapped(what):
                 return attempt()
-        except _Contended:
+        except _Contended as exc:
+            reason = str(exc)
             time.sleep(random.uniform(0, delay))
             delay = min(delay * 2, 2.0)
-    raise TransientError(f"{what} is too contended to update now")
+    raise TransientError(f"{what} is too contended to update now (last: {reason})")
 
 
 class FirestoreJobRepository(JobRepository):
@@ -366,32 +359,47 @@ class FirestoreLedgerRepository(LedgerRepository):
         resolve lock conflicts, then stalls every contender until its 30 s lock timeout), while a
         precondition fails at once. A change that leaves the ledger as it was writes nothing.
 
-        Each write carries a token of its own: when its answer is lost (the client's retry of an applied
-        write is refused by the precondition, or the call fails in transit), the ledger is read again and
-        a write that landed is not applied a second time."""
+        Applied once, whatever answer is lost: each write adds a token of its own to the document's
+        recent writes (kept 3 minutes: longer than the client's own retries of a commit). A write whose
+        outcome is unknown (an error in transit, the client's retry of an applied write refused by its own
+        precondition, a failed read after it) is settled by the next round's read: if one of this call's
+        tokens is there, that attempt's result is returned and the change is not applied again."""
         ref = self._collection.document(key)
+        sent: dict[str, tuple[Ledger, T]] = {}
 
         def attempt() -> tuple[Ledger, T]:
-            snapshot = ref.get()
-            ledger = _ledger(key, snapshot)
+            try:
+                snapshot = ref.get()
+            except (*_TRANSIENT, gexc.RetryError) as exc:
+                if sent:  # a write of ours may have landed: only a read can tell
+                    raise _Contended(f"ledger {key}: reading back an unanswered write failed") from exc
+                raise
+            stored = snapshot.to_dict() or {}
+            writes = stored.pop(_WRITES, None) or {}
+            landed = [token for token in writes if token in sent]
+            if landed:
+                return sent[landed[0]]
+            with _mapped(f"ledger {key}"):
+                ledger = Ledger.model_validate(stored) if snapshot.exists else Ledger(key=key)
             before = _to_document(ledger)
             result = change(ledger)
             after = _to_document(ledger)
             if snapshot.exists and after == before:
                 return ledger, result
+            now = datetime.now(UTC)
             token = uuid.uuid4().hex
+            recent = {t: at for t, at in writes.items() if at > now - _WRITES_KEPT}
+            document = {**after, _WRITES: {**recent, token: now}}
+            sent[token] = (ledger, result)
             try:
                 if snapshot.exists:
-                    option = self._client.write_option(last_update_time=snapshot.update_time)
-                    ref.update({**after, _WRITE_TOKEN: token}, option=option)
+                    ref.update(document, option=self._client.write_option(last_update_time=snapshot.update_time))
                 else:
-                    ref.create({**after, _WRITE_TOKEN: token})
-            except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound, *_TRANSIENT) as exc:  # AlreadyExists is a Conflict
-                if (ref.get().to_dict() or {}).get(_WRITE_TOKEN) == token:
-                    return ledger, result
-                if isinstance(exc, _TRANSIENT):
-                    raise
-                raise _Contended(f"ledger {key} changed meanwhile") from exc
+                    ref.create(document)
+            except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound, gexc.RetryError, *_TRANSIENT) as exc:
+                # Refused by the precondition (another writer, or the client's retry of our own write),
+                # or no answer: the next round's read settles it. AlreadyExists is a Conflict.
+                raise _Contended(f"ledger {key}: {type(exc).__name__} on write") from exc
             return ledger, result
 
         return _in_rounds(f"ledger {key}", attempt)
@@ -399,7 +407,11 @@ class FirestoreLedgerRepository(LedgerRepository):
     def get(self, key: str) -> Ledger | None:
         with _mapped(f"reading ledger {key}"):
             snapshot = self._collection.document(key).get()
-            return _ledger(key, snapshot) if snapshot.exists else None
+            if not snapshot.exists:
+                return None
+            stored = snapshot.to_dict()
+            stored.pop(_WRITES, None)
+            return Ledger.model_validate(stored)
 
     def list_keys(self) -> list[str]:
         with _mapped("listing ledgers"):

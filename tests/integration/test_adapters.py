@@ -249,28 +249,48 @@ def test_ledger_updates_lose_nothing_when_sixteen_writers_race_to_create_it(ledg
     assert ledger.tokens_held == 160 and sorted(h.shard for h in ledger.holds.values()) == list(range(16))
 
 
+def _retries_ran_out(message: str) -> Exception:
+    return gexc.RetryError(message, gexc.ServiceUnavailable(message))
+
+
 @pytest.mark.parametrize("method", ["create", "update"])
-@pytest.mark.parametrize("lost", [gexc.DeadlineExceeded, gexc.FailedPrecondition], ids=["in-transit", "retry-refused"])
-def test_a_ledger_write_whose_answer_is_lost_is_applied_once(ledgers, monkeypatch, method, lost):
-    """The write reaches Firestore, its answer does not: the call fails in transit, or the client's retry of
-    the applied write is refused by its own precondition. The change is not applied a second time."""
+@pytest.mark.parametrize("lost", [gexc.DeadlineExceeded, gexc.FailedPrecondition, _retries_ran_out],
+                         ids=["in-transit", "retry-refused", "retries-ran-out"])
+@pytest.mark.parametrize("meanwhile", ["alone", "another-writer", "read-back-fails"])
+def test_a_ledger_write_whose_answer_is_lost_is_applied_once(ledgers, monkeypatch, method, lost, meanwhile):
+    """The write reaches Firestore, its answer does not: the call fails in transit, the client's retry of
+    the applied write is refused by its own precondition, or the client's retries run out. Meanwhile
+    another writer may change the ledger, or the read that would settle it may fail. The change is
+    applied once, and the caller gets the reservation that landed."""
     if method == "update":
         ledgers.update("gemini~lost", lambda book: book.admit("job", 9, 10, 0, 0.0, NOW))
-    real = getattr(firestore.DocumentReference, method)
-    answers_lost = []
+    real_write, real_get = getattr(firestore.DocumentReference, method), firestore.DocumentReference.get
+    faults = []
 
     def write_then_lose_the_answer(self, *args, **kwargs):
-        written = real(self, *args, **kwargs)
-        if not answers_lost:
-            answers_lost.append(self.id)
+        written = real_write(self, *args, **kwargs)
+        if not faults:
+            faults.append("answer lost")
+            if meanwhile == "another-writer":
+                monkeypatch.setattr(firestore.DocumentReference, method, real_write)
+                ledgers.update("gemini~lost", lambda book: book.admit("job", 7, 10, 0, 2.0, NOW))
             raise lost("the answer was lost")
         return written
 
+    def get_failing_once_after_the_loss(self, *args, **kwargs):
+        if faults == ["answer lost"] and meanwhile == "read-back-fails":
+            faults.append("read-back failed")
+            raise gexc.ServiceUnavailable("read back failed")
+        return real_get(self, *args, **kwargs)
+
     monkeypatch.setattr(firestore.DocumentReference, method, write_then_lose_the_answer)
-    ledgers.update("gemini~lost", lambda book: book.admit("job", 0, 10, 0, 1.0, NOW))
+    monkeypatch.setattr(firestore.DocumentReference, "get", get_failing_once_after_the_loss)
+    _, (admitted, reservation) = ledgers.update("gemini~lost", lambda book: book.admit("job", 0, 10, 0, 1.0, NOW))
     held = ledgers.get("gemini~lost")
-    assert answers_lost == ["gemini~lost"]
-    assert sorted(h.shard for h in held.holds.values()) == ([0, 9] if method == "update" else [0])
+    assert faults == (["answer lost", "read-back failed"] if meanwhile == "read-back-fails" else ["answer lost"])
+    assert admitted == Admission.ADMITTED and f"job/0#{reservation}" in held.holds
+    others = ([9] if method == "update" else []) + ([7] if meanwhile == "another-writer" else [])
+    assert sorted(h.shard for h in held.holds.values()) == sorted([0, *others])
 
 
 def test_ledgers_update_atomically_and_are_listed(ledgers):
