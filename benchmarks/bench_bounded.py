@@ -18,9 +18,9 @@ dimensions (the default). The gzip is the same JSONL compressed (level 1).
 Measured, per input: the relay's counters per function (`stack.function_stats()`: invocations, the
 longest invocation, timeouts), zeroed before the upload; the job's staging invocations and, from a
 Firestore listener on the job, where each one started (`staging.next_key`: records already staged), so the
-input bytes re-read to resume (staging resumes by reading the input again from its first byte and skipping
-the staged records; the byte count is the offsets of those records in the file, decompressed for the
-gzip); restaged bytes: every records file (`records-NNNNNN.jsonl`, one per input shard segment) is
+input bytes read again to resume (none for the plain JSONL, opened with a ranged read at the saved position;
+for the gzip, the decompressed bytes before that position, which are inflated again but not parsed);
+restaged bytes: every records file (`records-NNNNNN.jsonl`, one per input shard segment) is
 listed once a second while the job runs, and any second generation of one name is a records file written
 twice for the same shard: its size counts as restaged (a rewrite within one second of the first would be
 missed; a rewrite needs a killed invocation and a redelivery, seconds apart). That happens when a staging
@@ -124,7 +124,8 @@ def _one(bench: BenchRun, stack: Any, path: Path, name: str, content_type: str, 
         if staging.get("invocations"):
             first_seen.setdefault(staging["invocations"], staging["next_key"])
     starts = sorted(first_seen.items())
-    reread = sum(offsets[key - 1] if key else 0 for _, key in starts)
+    inflated = name.endswith(".gz")
+    reread = sum(offsets[key - 1] if key else 0 for _, key in starts) if inflated else 0
     generations: dict[str, dict[int, int]] = {}
     for _, seen in listing.samples:
         for object_name, generation, size in seen:
@@ -203,12 +204,10 @@ Longest invocation of each function (the relay's measure, its counters zeroed be
 {md_table(["input", *FUNCTIONS[:5]], longest)}
 
 Staging is bounded: each invocation stops at the first shard boundary after STAGE_BUDGET_SECONDS and hands
-the rest on (a message to `stage`), and a shard, once its transaction commits, is never staged again. What
-grows with the input is the resume: the next invocation reads the input again from its first byte and
-skips the records already staged (the `input re-read` column; for the gzip it decompresses them again), so
-the work of invocation k grows with k: an input large enough that the skip alone takes the timeout can
-never stage. Resuming at a byte offset (plain inputs; `BlobStore.open_read(offset=...)` exists for it) would
-make every invocation's work independent of the input's size.
+the rest on (a message to `stage`), and a shard, once its transaction commits, is never staged again. The
+next invocation opens a plain input with a ranged read at the saved position, so its work does not grow
+with the input. A gzip cannot be entered in the middle: it is inflated from its start up to the position,
+unparsed (the `input re-read` column), which grows with k but at inflate speed, far faster than parsing.
 """
     return Section(
         name=NAME, title=TITLE, command=bench.command(NAME), body=body, targets=targets,
