@@ -194,7 +194,7 @@ class Captured:
 def _seed(client: Any, collection: str, ledgers: str, total: int, due_shards: int, due_jobs: int, bucket: str) -> str:
     """`total` RUNNING jobs with one RUNNING shard each, and their ledger; written in batches of 500 (setup,
     not counted). Returns the ledger's key."""
-    from shared.adapters.firestore_jobs import SHARDS
+    from shared.adapters.firestore_jobs import shards_collection
     from shared.adapters.gemini_provider import GEMINI_MODELS
     from shared.config import Settings
     from shared.domain.jobs import Counts, JobState, ShardState, SourceObject, Staging, shard_doc_id
@@ -227,7 +227,7 @@ def _seed(client: Any, collection: str, ledgers: str, total: int, due_shards: in
         ledger.admit(job.job_id, 0, 30_000, 0, 0.0, started)
         job_ref = client.collection(collection).document(job.job_id)
         writer.set(job_ref, _to_document(job))
-        writer.set(job_ref.collection(SHARDS).document(shard_doc_id(0)), _to_document(shard))
+        writer.set(job_ref.collection(shards_collection(collection)).document(shard_doc_id(0)), _to_document(shard))
         if (i + 1) % 250 == 0:
             writer.commit()
             writer = client.batch()
