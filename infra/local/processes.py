@@ -93,8 +93,7 @@ def free_port(*, ephemeral: bool = False) -> int:
     width = (high - low) // _SLICES
     start = low + (int(worker) % _SLICES if worker.isdigit() else 0) * width
     candidates = list(range(start, start + width))
-    rng = random.Random()
-    rng.shuffle(candidates)
+    random.shuffle(candidates)
     with _HANDED_OUT_LOCK:
         for port in candidates:
             if port in _HANDED_OUT:

@@ -52,6 +52,8 @@ _CONTENTION_ROUNDS = 12
 _GET_ALL_BATCH = 300
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.Aborted,
               gexc.TooManyRequests, gexc.ResourceExhausted, gexc.Unknown, gexc.GatewayTimeout, gexc.BadGateway)
+# Errors after which a write may or may not have happened: RetryError is the client's own retries running out.
+_UNANSWERED = (*_TRANSIENT, gexc.RetryError)
 _EXHAUSTED_TRANSACTION = "Failed to commit transaction"
 _WRITES = "_writes"  # a ledger document's recent writes: token -> time (see FirestoreLedgerRepository.update)
 _WRITES_KEPT = timedelta(minutes=3)
@@ -74,7 +76,7 @@ def _mapped(what: str) -> Iterator[None]:
     except gexc.InvalidArgument as exc:
         code = "DOCUMENT_TOO_LARGE" if "size" in str(exc).lower() or "too big" in str(exc).lower() else "INVALID_ARGUMENT"
         raise PermanentError(f"{what}: Firestore refused the write ({exc.message})", code=code) from exc
-    except (*_TRANSIENT, gexc.RetryError) as exc:  # RetryError: the client's own retries ran out
+    except _UNANSWERED as exc:
         raise TransientError(f"Firestore unavailable ({what}): {type(exc).__name__}") from exc
     except ValueError as exc:
         if str(exc).startswith(_EXHAUSTED_TRANSACTION):
@@ -98,6 +100,14 @@ def _plain(value: Any) -> Any:
     if isinstance(value, str):
         return str(value)  # StrEnum -> plain str
     return value
+
+
+def _ledger(key: str, snapshot: Any) -> tuple[Ledger, dict[str, datetime]]:
+    """The stored ledger (a new empty one if absent) and its recent writes (see FirestoreLedgerRepository.update)."""
+    stored = snapshot.to_dict() or {}
+    writes = stored.pop(_WRITES, None) or {}
+    with _mapped(f"ledger {key}"):
+        return (Ledger.model_validate(stored) if snapshot.exists else Ledger(key=key)), writes
 
 
 def _revision(snapshot: Any) -> str | None:
@@ -130,8 +140,9 @@ def _shard(snapshot: Any) -> Shard:
 
 
 def _in_rounds(what: str, attempt: Callable[[], T]) -> T:
-    """Firestore retries an aborted transaction at once; under contention (several deliveries of one event
-    at the same moment, shards of one job closing together) that is not enough, so back off with jitter."""
+    """Under contention (several deliveries of one event at the same moment, shards of one job closing
+    together, every function touching a model's ledger) a transaction Firestore could not commit, or a
+    compare-and-set refused, is tried again after a jittered back-off."""
     delay, reason = 0.05, ""
     for _ in range(_CONTENTION_ROUNDS):
         try:
@@ -370,17 +381,14 @@ class FirestoreLedgerRepository(LedgerRepository):
         def attempt() -> tuple[Ledger, T]:
             try:
                 snapshot = ref.get()
-            except (*_TRANSIENT, gexc.RetryError) as exc:
+            except _UNANSWERED as exc:
                 if sent:  # a write of ours may have landed: only a read can tell
                     raise _Contended(f"ledger {key}: reading back an unanswered write failed") from exc
                 raise
-            stored = snapshot.to_dict() or {}
-            writes = stored.pop(_WRITES, None) or {}
-            landed = [token for token in writes if token in sent]
+            ledger, writes = _ledger(key, snapshot)
+            landed = next((token for token in writes if token in sent), None)
             if landed:
-                return sent[landed[0]]
-            with _mapped(f"ledger {key}"):
-                ledger = Ledger.model_validate(stored) if snapshot.exists else Ledger(key=key)
+                return sent[landed]
             before = _to_document(ledger)
             result = change(ledger)
             after = _to_document(ledger)
@@ -396,7 +404,7 @@ class FirestoreLedgerRepository(LedgerRepository):
                     ref.update(document, option=self._client.write_option(last_update_time=snapshot.update_time))
                 else:
                     ref.create(document)
-            except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound, gexc.RetryError, *_TRANSIENT) as exc:
+            except (gexc.FailedPrecondition, gexc.Conflict, gexc.NotFound, *_UNANSWERED) as exc:
                 # Refused by the precondition (another writer, or the client's retry of our own write),
                 # or no answer: the next round's read settles it. AlreadyExists is a Conflict.
                 raise _Contended(f"ledger {key}: {type(exc).__name__} on write") from exc
@@ -407,11 +415,7 @@ class FirestoreLedgerRepository(LedgerRepository):
     def get(self, key: str) -> Ledger | None:
         with _mapped(f"reading ledger {key}"):
             snapshot = self._collection.document(key).get()
-            if not snapshot.exists:
-                return None
-            stored = snapshot.to_dict()
-            stored.pop(_WRITES, None)
-            return Ledger.model_validate(stored)
+            return _ledger(key, snapshot)[0] if snapshot.exists else None
 
     def list_keys(self) -> list[str]:
         with _mapped("listing ledgers"):
