@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     lease_seconds: float = 540.0  # a little over the functions' timeout
     # One invocation stages for at most this long, then checkpoints and hands the rest to the next one.
     stage_budget_seconds: float = 300.0
+    # One `complete` invocation writes at most this many items of a shard; a continuation writes the rest.
+    complete_max_rows: int = Field(50_000, ge=1)
 
     # -- the poller -------------------------------------------------------------------------------
     poll_max_jobs: int = 500  # due jobs per tick

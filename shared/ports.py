@@ -329,7 +329,8 @@ class BatchProvider(abc.ABC):
 
     @abc.abstractmethod
     def iter_results(self, name: str) -> Iterator[ItemResult]:
-        """Stream every item result of a SUCCEEDED batch, in the provider's order (not the input's)."""
+        """Stream every item result of a SUCCEEDED batch, in the provider's order (not the input's), the
+        same order on every read (a continuation skips the results read before it)."""
 
     @abc.abstractmethod
     def delete_input(self, input_ref: str) -> None:

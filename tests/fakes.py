@@ -420,7 +420,8 @@ class FakeBatchProvider(BatchProvider):
     Faults: `create_errors` (raised by the next creates, nothing made), `lose_answers` (the next creates
     make their batch, then raise: the answer is lost), `quota_tokens`/`quota_batches` (429 when the
     tokens or batches of active batches would pass them, counted by the items' token estimates), `list_order`
-    ("newest", "oldest", "random"), `cancel_errors`.
+    ("newest", "oldest", "random"), `cancel_errors`, `failing_texts` (an item error each), `missing_texts` (no
+    result at all).
     """
 
     name = "fake"
@@ -440,6 +441,7 @@ class FakeBatchProvider(BatchProvider):
         self.refusals = 0
         self.peak_tokens = 0
         self.failing_texts: set[str] = set()
+        self.missing_texts: set[str] = set()  # items the results leave out
         self.unreadable_results: Exception | None = None
         self.list_order = "newest"
         self.results_deletable = True
@@ -543,6 +545,8 @@ class FakeBatchProvider(BatchProvider):
         if b["state"] != ProviderState.SUCCEEDED:
             raise PermanentError(f"batch {name} is {b['state']}")
         for item in reversed(b["items"]):  # out of order, as the real API may answer
+            if item.text in self.missing_texts:
+                continue
             if item.text in self.failing_texts:
                 yield ItemResult(key=item.key, error=ErrorInfo(code="INTERNAL", message="item failed"))
             else:

@@ -353,7 +353,19 @@ def serve_json(
 
 INSTANCE_STOP_SECONDS = 3.0  # SIGTERM grace of an instance when the pool closes (a busy gunicorn waits 30 s)
 RESTART_PAUSE_SECONDS = 1.0  # between attempts to start an instance that failed to come up
+STACK_DUMP_SECONDS = 0.5  # a timed-out instance's time to print its stacks before SIGKILL
 DEATH_GRACE_SECONDS = 2.0  # after a call failed without an answer, how long its instance may take to exit
+
+
+def _kill_showing_stacks(pgid: int | None) -> None:
+    """SIGKILL a process group, after a SIGSEGV that Python's faulthandler (PYTHONFAULTHANDLER=1 in the
+    instances' environment) turns into every thread's stack in the process's log: where a timed-out call
+    was. faulthandler handles SIGSEGV at the C level, which gunicorn's workers keep (it resets only its
+    own signals when it forks them); its message calls it a segmentation fault."""
+    for sent, pause in ((signal.SIGSEGV, STACK_DUMP_SECONDS), (signal.SIGKILL, 0.0)):
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            os.killpg(pgid, sent)  # type: ignore[arg-type]
+        time.sleep(pause)
 
 
 class PoolClosed(RuntimeError):
@@ -519,8 +531,7 @@ class InstancePool:
                 instance.killed = True
             self._log({"severity": "WARNING", "message": "timeout: instance killed", "function": self.name,
                        "instance": instance.index, "pid": instance.process.pid, "timeout_s": self.timeout})
-            with contextlib.suppress(ProcessLookupError, TypeError):
-                os.killpg(instance.process.pid, signal.SIGKILL)
+            _kill_showing_stacks(instance.process.pid)
 
         done = False
         watchdog = threading.Timer(self.timeout, expire)

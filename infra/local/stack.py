@@ -841,7 +841,8 @@ class LocalStack:
         env = {k: v for k, v in self.env.items()
                if not k.endswith("_HEALTH_URL") and (row.needs_token or k != "POLLER_TOKEN")}
         env.update(_python_env(self))
-        env.update({"K_SERVICE": row.name, "FUNCTION_TARGET": row.target, "FUNCTION_SIGNATURE_TYPE": row.signature})
+        env.update({"K_SERVICE": row.name, "FUNCTION_TARGET": row.target, "FUNCTION_SIGNATURE_TYPE": row.signature,
+                    "PYTHONFAULTHANDLER": "1"})  # a call killed at its timeout prints its stacks first (the relay)
         return env
 
     def ticker_jobs(self) -> list[dict[str, Any]]:

@@ -91,6 +91,10 @@ class JobPaths:
         """The record read last before a checkpoint, which opens the `segment`-th segment."""
         return f"{self.staging}carry-{segment:06d}.jsonl"
 
+    def written_keys(self, shard: int) -> str:
+        """The records keys shard `shard` and those it continues wrote: its continuation skips them."""
+        return f"{self.staging}written-{shard:06d}.txt"
+
     def failed_items(self, shard: int) -> str:
         return f"{self.staging}failed-{shard:06d}.jsonl"
 

@@ -175,7 +175,10 @@ def abandon_shard(ctx: Context, shard: Shard, error: ErrorInfo, *, owner: str | 
 
 def drop_results(ctx: Context, shard: Shard) -> None:
     """Delete the batch's results at the provider; its files' capacity is free once they are gone, or when
-    they expire if the provider keeps them (Gemini refuses to delete results files: 48 h)."""
+    they expire if the provider keeps them (Gemini refuses to delete results files: 48 h). A continuation's
+    batch, and the capacity it holds, are those of the shard it continues."""
+    if shard.continues is not None:
+        shard = ctx.jobs.get_shard(shard.job_id, shard.continues) or shard
     if not shard.batch_name:
         release_capacity(ctx, shard)
         return

@@ -13,20 +13,30 @@ invocations. Guarantees:
   one event. A crash after that transaction leaves the job COMPLETING, which the redelivered message (or the
   poller, when it is stale) finishes;
 - memory is bounded by one shard's ids, titles and metadata (cut by `max_shard_record_bytes`) plus one
-  block of vectors (`shared.services.output`).
+  block of vectors (`shared.services.output`);
+- time is bounded whatever the batch's size: one invocation writes at most `complete_max_rows` items;
+  past them the shard is WRITTEN with what it wrote, in the transaction that creates its continuation: a
+  SUCCEEDED shard of the same batch that skips the results read so far and the keys written so far (listed
+  in a file written first), so no item is written twice or lost. Where a shard stops depends on its results
+  alone (not on time): every worker of it writes the same bytes, its keys file included. The continuation
+  gets its own message (and is due, so the poller hands it over again if that message is lost); the
+  batch's results are dropped, and its capacity released, once the last shard of the chain is written.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from shared.domain.jobs import ErrorInfo, Job, JobState, Shard, ShardOrigin, ShardState
 from shared.errors import PermanentError
 from shared.logging import get_logger
+from shared.services import messages
 from shared.services.admission import admit
 from shared.services.batches import abandon_shard, close_shard, drop_results
 from shared.services.context import Context
 from shared.services.finish import finish_job, paths_of
 from shared.services.leasing import LeaseLost, leased_shard
-from shared.services.output import write_shard_output
+from shared.services.output import Written, write_shard_output
 from shared.services.records import iter_records, write_subset
 
 __all__ = ["complete_message", "write_shard"]
@@ -54,15 +64,19 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
             return "no_job"
         if job.terminal or job.stopping:
             return "job_ended"  # the stop abandons its shards
+        paths = paths_of(ctx, job)
         try:
-            output = write_shard_output(ctx, paths_of(ctx, job), shard, job.options.output_dimensionality,
-                                        reuse=job.options.reuse)
+            skip = _written_keys(ctx, shard)
+            written = write_shard_output(ctx, paths, shard, job.options.output_dimensionality, reuse=job.options.reuse,
+                                         skip=skip, max_rows=ctx.settings.complete_max_rows)
         except PermanentError as exc:
             log.error(f"results of shard {index} are unreadable: {exc.message}", shard=index, code=exc.code)
             last = abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"results unreadable: {exc.message}"),
                                  owner=ctx.owner, states=[ShardState.SUCCEEDED])
             return _finish(ctx, job_id, last, "abandoned")
+        output = written.output
         follow_up = _follow_up(ctx, job, shard, output.failed, output.failed_items_uri)
+        continuation = _continuation(ctx, paths.written_keys(index), shard, skip, written)
         now = ctx.clock()
 
         def move(stored_job: Job, stored: Shard) -> bool:
@@ -82,15 +96,18 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
         moved: list[int] = []
         try:
             _, last = close_shard(ctx, job_id, index, move, carried=output.failed if follow_up else 0,
-                                  added=[follow_up] if follow_up else None)
+                                  added=[s for s in (follow_up, continuation) if s is not None])
         finally:
             if not moved:
                 _discard_late_writes(ctx, job_id, index)
         if not moved:
             return "already_written"
     log.info("shard written", shard=index, succeeded=output.succeeded, failed=output.failed,
-             follow_up=follow_up is not None)
-    drop_results(ctx, shard)
+             follow_up=follow_up is not None, continuation=continuation.index if continuation else None)
+    if continuation is not None:
+        messages.write_shard(ctx, job_id, continuation.index)
+    else:
+        drop_results(ctx, shard)
     if follow_up is not None and not last:
         admit(ctx, shard.ledger, inline=True)
     return _finish(ctx, job_id, last, "written")
@@ -110,7 +127,8 @@ def _discard_late_writes(ctx: Context, job_id: str, index: int) -> None:
         for uri in (paths.embeddings(index), paths.parquet(index)):
             ctx.blobs.delete(uri)
     if job.terminal:  # else: the same files the shard's writer made, in use; the job drops them at its end
-        for uri in (paths.failed_items(index), paths.index_part(index), paths.follow_up_records(index)):
+        for uri in (paths.failed_items(index), paths.index_part(index), paths.follow_up_records(index),
+                    paths.written_keys(index)):
             ctx.blobs.delete(uri)
 
 
@@ -133,6 +151,35 @@ def _follow_up(ctx: Context, job: Job, shard: Shard, failed: int, failed_uri: st
         file_bytes=totals.request_bytes + result_bytes * totals.rows // max(shard.request_count, 1),
         provider=shard.provider, ledger=shard.ledger or job.ledger, priority=shard.priority, fair_key=shard.fair_key,
         created_at=now, updated_at=now,
+    )
+
+
+def _written_keys(ctx: Context, shard: Shard) -> frozenset[str]:
+    """The keys the shards before a continuation wrote (none for any other shard)."""
+    if not shard.written_keys_uri:
+        return frozenset()
+    with ctx.blobs.open_read(shard.written_keys_uri) as stream:
+        return frozenset(stream.read().decode().split())
+
+
+def _continuation(ctx: Context, uri: str, shard: Shard, skip: frozenset[str], written: Written) -> Shard | None:
+    """When `complete_max_rows` were written: the SUCCEEDED shard that writes the rest of `shard`'s results, with the keys
+    written so far in `uri` (written first, under a name fixed by the shard, so a rerun writes it again)."""
+    if written.keys is None:
+        return None
+    keys = skip | written.keys
+    ctx.blobs.write_bytes(uri, "\n".join(sorted(keys, key=int)).encode(), "text/plain")
+    now = ctx.clock()
+    return Shard(
+        job_id=shard.job_id, index=-1, state=ShardState.SUCCEEDED, origin=shard.origin, parent=shard.parent,
+        item_attempt=shard.item_attempt, records_uri=shard.records_uri,
+        request_count=shard.request_count - len(written.keys), record_bytes=shard.record_bytes,
+        estimated_tokens=shard.estimated_tokens, provider=shard.provider, ledger=shard.ledger,
+        priority=shard.priority, fair_key=shard.fair_key, batch_name=shard.batch_name,
+        continues=shard.index if shard.continues is None else shard.continues,
+        results_from=shard.results_from + written.consumed, written_keys_uri=uri,
+        succeeded=shard.request_count - len(written.keys), created_at=now, updated_at=now,
+        next_poll_at=now + timedelta(minutes=ctx.settings.complete_stale_minutes),
     )
 
 

@@ -7,6 +7,9 @@ That map keeps each item's metadata as its raw JSON bytes (parsed one block at a
 staging cuts shards at `max_shard_record_bytes` of ids, titles and metadata: so the map is bounded by that
 setting, whatever the metadata.
 Output files have fixed names per shard: writing a shard again writes the same files.
+Bounded: it writes at most `max_rows` items, then says what it wrote (`Written.keys`, `Written.consumed`)
+so that a continuation shard writes the rest (`shared.services.complete`). Where it stops depends on the
+results alone, never on the time taken: a rerun, or a second worker, writes the same bytes.
 
 `embeddings-N.jsonl`: one line per item, `{"id", "embedding", ...metadata}` (Vertex AI Vector Search's
 import layout; metadata keys named `id` or `embedding` are written as `metadata_id`, `metadata_embedding`).
@@ -22,6 +25,7 @@ import base64
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -36,7 +40,7 @@ from shared.ports import EmbeddingCache, ItemResult
 from shared.services.context import Context
 from shared.services.records import iter_records
 
-__all__ = ["BLOCK_ROWS", "file_ref", "load_records", "write_shard_output"]
+__all__ = ["BLOCK_ROWS", "Written", "file_ref", "load_records", "write_shard_output"]
 
 log = get_logger(__name__)
 
@@ -63,12 +67,14 @@ class ShardRecords:
     with_title: bool
 
 
-def load_records(ctx: Context, uri: str) -> ShardRecords:
-    """The key -> (id, title, metadata) map of one shard's staged records."""
+def load_records(ctx: Context, uri: str, skip: frozenset[str] = frozenset()) -> ShardRecords:
+    """The key -> (id, title, metadata) map of one shard's staged records, but for the keys in `skip`."""
     items: dict[str, _Item] = {}
     keys: set[str] = set()
     with_title = False
     for _, row in iter_records(ctx, uri):
+        if row["key"] in skip:
+            continue
         metadata = row.get("metadata")
         if metadata:
             keys.update(metadata)
@@ -122,33 +128,54 @@ class _ParquetSink:
         self.writer.close()
 
 
-def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int, *, reuse: bool) -> ShardOutput:
+@dataclass(frozen=True)
+class Written:
+    """What `write_shard_output` wrote. `keys` is None when it wrote every item; when it stopped early, the
+    keys it wrote (good or failed), and `consumed` the results it read (the batch's, past those skipped)."""
+
+    output: ShardOutput
+    consumed: int
+    keys: set[str] | None = None
+
+
+def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int, *, reuse: bool,
+                       skip: frozenset[str] = frozenset(), max_rows: int | None = None) -> Written:
     """Write one shard's results: a SUCCEEDED batch's, fetched and normalised, or a cache shard's stored
     vectors, written as they were (so an unchanged passage's vector is byte-identical to its first run).
     Returns what was written, with the tokens the provider reported for its items (None when it reports
     none) and the cache entries given (`reuse`: each embedded item's vector is stored under its content key).
+    A continuation skips the batch's first `shard.results_from` results and the records keys in `skip`.
 
     An item fails (into `failed-N.jsonl`) when the provider reports an error for it, when its vector has
-    the wrong dimensions or is all zeros (it cannot be normalised), or when its key is unknown.
+    the wrong dimensions or is all zeros (it cannot be normalised), or when no result names its key (known
+    only once every result is read: not when `max_rows` stopped the loop).
     """
     cached = shard.origin == ShardOrigin.CACHE
-    shard_records = load_records(ctx, shard.records_uri)
+    shard_records = load_records(ctx, shard.records_uri, skip)
     records = shard_records.items
     writer = _ShardWriter(ctx, paths, shard, dims, shard_records, normalise=not cached,
                           cache=ctx.cache if reuse and not cached else None)
     done: set[str] = set()  # keys with a result, good or failed
+    consumed, stopped = 0, False
     with writer:
-        results = _cached_results(ctx, shard) if cached else ctx.provider_for(shard.provider or shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name)
+        results = _cached_results(ctx, shard, skip) if cached else islice(
+            ctx.provider_for(shard.provider or shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name),
+            shard.results_from, None)
         for result in results:
+            consumed += 1
             item = records.get(result.key)
             if item is None or result.key in done:
                 log.warning("ignored a result for an unknown or repeated key", key=result.key[:100], shard=shard.index)
-                continue
-            done.add(result.key)
-            writer.add(result.key, item, result)
-        for key in sorted(records.keys() - done, key=int):
-            writer.fail(key, records[key], ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
-    return ShardOutput(
+            else:
+                done.add(result.key)
+                writer.add(result.key, item, result)
+            if max_rows is not None and len(done) >= max_rows and len(done) < len(records):
+                stopped = True
+                break
+        if not stopped:
+            for key in sorted(records.keys() - done, key=int):
+                writer.fail(key, records[key], ErrorInfo(code="MISSING_RESULT", message="the provider returned no result for this item"))
+    output = ShardOutput(
         embeddings=file_ref(ctx, paths.embeddings(shard.index), writer.succeeded),
         parquet=file_ref(ctx, paths.parquet(shard.index), writer.succeeded),
         failed_items_uri=paths.failed_items(shard.index) if writer.failed else None,
@@ -157,12 +184,14 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int, *
         reported_tokens=writer.reported,
         cache_writes=writer.cache_writes,
     )
+    return Written(output, consumed, done if stopped else None)
 
 
-def _cached_results(ctx: Context, shard: Shard) -> Iterator[ItemResult]:
+def _cached_results(ctx: Context, shard: Shard, skip: frozenset[str]) -> Iterator[ItemResult]:
     """A cache shard's items, with the vectors staging found for them (stored as float32 bytes)."""
     for _, row in iter_records(ctx, shard.records_uri):
-        yield ItemResult(key=row["key"], vector=base64.b64decode(row["vector"]))
+        if row["key"] not in skip:
+            yield ItemResult(key=row["key"], vector=base64.b64decode(row["vector"]))
 
 
 class _ShardWriter:

@@ -163,3 +163,15 @@ def test_an_instance_that_does_not_start_is_named_with_its_log(tmp_path):
 def test_nonsense_sizes_are_refused(tmp_path, options):
     with pytest.raises(ValueError, match="at least 1"):
         make_pool(tmp_path, **options)
+
+
+def test_a_timed_out_call_leaves_its_threads_stacks_in_the_instances_log(pool_of, tmp_path):
+    pool = pool_of(timeout=1.0, env={"PYTHONFAULTHANDLER": "1"})
+
+    ended = call(pool, "/sleep/30")
+
+    assert ended.timed_out
+    log = tmp_path / "fn-0.log"
+    wait_until(lambda: "restarted after a timeout" in log.read_text(), 30, what="the instance to come back")
+    before_restart = log.read_text().split("restarted after a timeout")[0]
+    assert 'instance_server.py", line' in before_restart and "in _handle" in before_restart  # the call's frame

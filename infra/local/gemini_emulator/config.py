@@ -85,6 +85,7 @@ class EmulatorSettings:
     model_batch_size: int = DEFAULT_MODEL_BATCH
     window_size: int = DEFAULT_WINDOW
     threads: int = 0  # 0: onnxruntime picks (one per core)
+    spin: bool = False  # onnxruntime's idle threads spin (its own default) rather than sleep
     encoder: str = "onnx"
     st_model: str | None = None
     model_path: str | None = None
@@ -123,6 +124,7 @@ class EmulatorSettings:
             "model_batch_size": _int(env, "GEMINI_EMULATOR_MODEL_BATCH", DEFAULT_MODEL_BATCH, minimum=1),
             "window_size": _int(env, "GEMINI_EMULATOR_WINDOW", DEFAULT_WINDOW, minimum=1),
             "threads": _int(env, "GEMINI_EMULATOR_THREADS", 0, minimum=0),
+            "spin": _bool(env, "GEMINI_EMULATOR_SPIN", False),
             "encoder": (env.get("GEMINI_EMULATOR_ENCODER", "").strip() or "onnx").lower(),
             "st_model": env.get("GEMINI_EMULATOR_ST_MODEL") or None,
             "model_path": env.get("GEMINI_EMULATOR_MODEL_PATH") or None,

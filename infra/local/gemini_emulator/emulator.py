@@ -76,7 +76,7 @@ def _default_encoder_factory(settings: EmulatorSettings) -> Callable[[], TextEnc
     if settings.encoder == "sentence-transformers":
         return lambda: SentenceTransformersEncoder(settings.st_model, settings.threads, settings.max_tokens)
     return lambda: OnnxMiniLMEncoder(
-        settings.model_path, settings.tokenizer_path, settings.max_tokens, settings.threads
+        settings.model_path, settings.tokenizer_path, settings.max_tokens, settings.threads, settings.spin
     )
 
 

@@ -139,6 +139,7 @@ class OnnxMiniLMEncoder(TextEncoder):
         tokenizer_path: str | None = None,
         max_tokens: int = 256,
         threads: int = 0,
+        spin: bool = False,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -159,6 +160,11 @@ class OnnxMiniLMEncoder(TextEncoder):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # Unless `spin`, idle intra-op threads sleep instead of spinning: as fast alone, and faster beside
+        # other busy processes (the whole local stack shares a few cores), where a spinning thread holds a
+        # core another process needs (`python -m benchmarks.emulator_load`).
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
             str(model), sess_options=options, providers=["CPUExecutionProvider"]
         )
