@@ -68,7 +68,7 @@ class LocalResultsProvider(UnusedProvider):
         self.path = Path(path)
         self.seconds = 0.0
 
-    def iter_results(self, name: str) -> Iterator[ItemResult]:
+    def iter_results(self, name: str, start: int = 0) -> Iterator[ItemResult]:
         from shared.adapters.gemini_provider import to_item_result
         from shared.gemini.models import parse_result
 
@@ -80,7 +80,7 @@ class LocalResultsProvider(UnusedProvider):
                 if not line:
                     break
                 # bytes, as the real client hands them over (`_byte_lines` of the download)
-                result = to_item_result(parse_result(orjson.loads(line), number)) if line.strip() else None
+                result = to_item_result(parse_result(orjson.loads(line), number)) if line.strip() and number >= start else None
                 number += 1
                 self.seconds += time.perf_counter() - started
                 if result is not None:

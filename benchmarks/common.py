@@ -301,7 +301,7 @@ class UnusedProvider(BatchProvider):
     def cancel_batch(self, name: str) -> None:
         raise NotImplementedError
 
-    def iter_results(self, name: str) -> Iterator[ItemResult]:
+    def iter_results(self, name: str, start: int = 0) -> Iterator[ItemResult]:
         raise NotImplementedError
 
     def delete_input(self, input_ref: str) -> None:

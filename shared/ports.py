@@ -328,9 +328,10 @@ class BatchProvider(abc.ABC):
         """Ask the provider to stop the batch (best effort; a finished batch is left as it is)."""
 
     @abc.abstractmethod
-    def iter_results(self, name: str) -> Iterator[ItemResult]:
+    def iter_results(self, name: str, start: int = 0) -> Iterator[ItemResult]:
         """Stream every item result of a SUCCEEDED batch, in the provider's order (not the input's), the
-        same order on every read (a continuation skips the results read before it)."""
+        same order on every read, from the `start`-th on: those before it are skipped without being
+        parsed (a continuation goes on where the shard before it stopped)."""
 
     @abc.abstractmethod
     def delete_input(self, input_ref: str) -> None:

@@ -537,14 +537,14 @@ class FakeBatchProvider(BatchProvider):
         if name in self.batches and self.batches[name]["state"] in (ProviderState.PENDING, ProviderState.RUNNING):
             self.batches[name]["state"] = ProviderState.CANCELLED
 
-    def iter_results(self, name: str) -> Iterator[ItemResult]:
+    def iter_results(self, name: str, start: int = 0) -> Iterator[ItemResult]:
         self._count("results")
         if self.unreadable_results is not None:
             raise self.unreadable_results
         b = self.batches[name]
         if b["state"] != ProviderState.SUCCEEDED:
             raise PermanentError(f"batch {name} is {b['state']}")
-        for item in reversed(b["items"]):  # out of order, as the real API may answer
+        for item in list(reversed(b["items"]))[start:]:  # out of order, as the real API may answer
             if item.text in self.missing_texts:
                 continue
             if item.text in self.failing_texts:

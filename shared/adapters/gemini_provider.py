@@ -183,9 +183,9 @@ class GeminiBatchProvider(BatchProvider):
                     raise
                 _log.info("batch to cancel had already finished", batch=name)
 
-    def iter_results(self, name: str) -> Iterator[ItemResult]:
+    def iter_results(self, name: str, start: int = 0) -> Iterator[ItemResult]:
         with _mapped(f"reading the results of {name}"):
-            for result in self.client.iter_results(name):
+            for result in self.client.iter_results(name, start=start):
                 yield to_item_result(result)
 
     def delete_input(self, input_ref: str) -> None:

@@ -318,8 +318,10 @@ class VertexBatchProvider(BatchProvider):
                     raise
                 _log.info("batch prediction job to cancel had already ended", batch=name, state=state)
 
-    def iter_results(self, name: str) -> Iterator[ItemResult]:
-        """Every line of every JSONL file under the job's output directory, in name order."""
+    def iter_results(self, name: str, start: int = 0) -> Iterator[ItemResult]:
+        """Every line of every JSONL file under the job's output directory, in name order, from the
+        `start`-th (the lines before it are read, not parsed)."""
+        skipped = 0
         with _mapped(f"reading the results of {name}"):
             job = self.client.get_batch_job(name)
             if job.state not in _RESULT_STATES:
@@ -331,8 +333,12 @@ class VertexBatchProvider(BatchProvider):
             for uri in files:
                 with self.blobs.open_read(uri) as stream:
                     for number, line in enumerate(stream, start=1):
-                        if line.strip():
-                            yield parse_output_line(line, f"line {number} of {uri}")
+                        if not line.strip():
+                            continue
+                        if skipped < start:
+                            skipped += 1
+                            continue
+                        yield parse_output_line(line, f"line {number} of {uri}")
 
     def delete_input(self, input_ref: str) -> None:
         with _mapped(f"deleting {input_ref}"):

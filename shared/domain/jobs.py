@@ -491,6 +491,10 @@ class Shard(BaseModel):
     continues: int | None = None
     results_from: int = 0
     written_keys_uri: str | None = None
+    # At most this many items per `complete` invocation: fixed when the shard is made (and copied to its
+    # continuations, follow-ups and halves) so every worker of it stops at the same place, whatever its
+    # own settings say during a deploy. None (shards made before it existed): the worker's setting.
+    write_rows: int | None = None
     provider_error: ErrorInfo | None = None
     output: ShardOutput | None = None
     created_at: datetime

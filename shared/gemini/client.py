@@ -298,8 +298,9 @@ class GeminiClient:
             self._sleep(max(0.0, min(interval, limit - waited)))
             batch = self.get_batch(batch.name or name)
 
-    def iter_results(self, batch_or_name: EmbeddingBatch | str) -> Iterator[BatchItemResult]:
-        """Every item result of a SUCCEEDED batch, in the API's order (map them by key).
+    def iter_results(self, batch_or_name: EmbeddingBatch | str, *, start: int = 0) -> Iterator[BatchItemResult]:
+        """Every item result of a SUCCEEDED batch, in the API's order (map them by key), from the `start`-th
+        on (the lines of a responses file before it are read but not parsed).
 
         Raises `BatchNotCompleteError` at once for a batch in any other state. A responses file is
         streamed: memory holds one line at a time. A broken download raises `RetryableGeminiError`
@@ -311,9 +312,9 @@ class GeminiClient:
         if batch.inlined_responses is None and batch.responses_file is None:
             batch = self.get_batch(batch.name)  # a listed batch carries no output
         if batch.inlined_responses is not None:
-            return iter(batch.inlined_responses)
+            return iter(batch.inlined_responses[start:])
         if batch.responses_file:
-            return self._iter_results_file(batch.responses_file)
+            return self._iter_results_file(batch.responses_file, start)
         raise PermanentGeminiError(f"{batch.name} succeeded but carries no output")
 
     def get_embeddings(self, batch_or_name: EmbeddingBatch | str) -> dict[str, list[float]]:
@@ -512,10 +513,14 @@ class GeminiClient:
             return base.join(url)
         return session.copy_with(scheme=base.scheme, host=base.host, port=base.port)
 
-    def _iter_results_file(self, file_name: str) -> Iterator[BatchItemResult]:
+    def _iter_results_file(self, file_name: str, start: int = 0) -> Iterator[BatchItemResult]:
+        skipped = 0
         with closing(self.download_file(file_name)) as chunks:
             for number, line in enumerate(_byte_lines(chunks), start=1):
                 if not line.strip():
+                    continue
+                if skipped < start:
+                    skipped += 1
                     continue
                 try:
                     result = parse_result(orjson.loads(line), number - 1)

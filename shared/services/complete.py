@@ -14,13 +14,15 @@ invocations. Guarantees:
   poller, when it is stale) finishes;
 - memory is bounded by one shard's ids, titles and metadata (cut by `max_shard_record_bytes`) plus one
   block of vectors (`shared.services.output`);
-- time is bounded whatever the batch's size: one invocation writes at most `complete_max_rows` items;
+- work is bounded whatever the batch's size: one invocation parses and writes at most the shard's
+  `write_rows` items (`complete_max_rows` when it was made; the results before them are read, unparsed);
   past them the shard is WRITTEN with what it wrote, in the transaction that creates its continuation: a
   SUCCEEDED shard of the same batch that skips the results read so far and the keys written so far (listed
-  in a file written first), so no item is written twice or lost. Where a shard stops depends on its results
-  alone (not on time): every worker of it writes the same bytes, its keys file included. The continuation
-  gets its own message (and is due, so the poller hands it over again if that message is lost); the
-  batch's results are dropped, and its capacity released, once the last shard of the chain is written.
+  in a file written first), so no item is written twice or lost. Where a shard stops depends on its
+  results and `write_rows` alone (not on time, nor on a worker's settings): every worker of it writes the
+  same bytes, its keys file included. The continuation gets its own message (and is due, so the poller
+  hands it over again if that message is lost); the batch's results are dropped, and its capacity
+  released, once the last shard of the chain is written.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from shared.services.context import Context
 from shared.services.finish import finish_job, paths_of
 from shared.services.leasing import LeaseLost, leased_shard
 from shared.services.output import Written, write_shard_output
-from shared.services.records import iter_records, write_subset
+from shared.services.records import iter_records, write_subset, written_keys
 
 __all__ = ["complete_message", "write_shard"]
 
@@ -66,9 +68,9 @@ def write_shard(ctx: Context, job_id: str, index: int) -> str:
             return "job_ended"  # the stop abandons its shards
         paths = paths_of(ctx, job)
         try:
-            skip = _written_keys(ctx, shard)
+            skip = written_keys(ctx, shard)
             written = write_shard_output(ctx, paths, shard, job.options.output_dimensionality, reuse=job.options.reuse,
-                                         skip=skip, max_rows=ctx.settings.complete_max_rows)
+                                         skip=skip, max_rows=shard.write_rows or ctx.settings.complete_max_rows)
         except PermanentError as exc:
             log.error(f"results of shard {index} are unreadable: {exc.message}", shard=index, code=exc.code)
             last = abandon_shard(ctx, shard, ErrorInfo(code=exc.code, message=f"results unreadable: {exc.message}"),
@@ -150,35 +152,31 @@ def _follow_up(ctx: Context, job: Job, shard: Shard, failed: int, failed_uri: st
         request_bytes=totals.request_bytes, record_bytes=totals.record_bytes, estimated_tokens=totals.tokens,
         file_bytes=totals.request_bytes + result_bytes * totals.rows // max(shard.request_count, 1),
         provider=shard.provider, ledger=shard.ledger or job.ledger, priority=shard.priority, fair_key=shard.fair_key,
-        created_at=now, updated_at=now,
+        write_rows=shard.write_rows, created_at=now, updated_at=now,
     )
 
 
-def _written_keys(ctx: Context, shard: Shard) -> frozenset[str]:
-    """The keys the shards before a continuation wrote (none for any other shard)."""
-    if not shard.written_keys_uri:
-        return frozenset()
-    with ctx.blobs.open_read(shard.written_keys_uri) as stream:
-        return frozenset(stream.read().decode().split())
-
-
 def _continuation(ctx: Context, uri: str, shard: Shard, skip: frozenset[str], written: Written) -> Shard | None:
-    """When `complete_max_rows` were written: the SUCCEEDED shard that writes the rest of `shard`'s results, with the keys
-    written so far in `uri` (written first, under a name fixed by the shard, so a rerun writes it again)."""
+    """When the shard's `write_rows` were written: the SUCCEEDED shard that writes the rest of its results,
+    with the keys written so far in `uri` (written first, under a name fixed by the shard, so a rerun writes
+    the same file)."""
     if written.keys is None:
         return None
     keys = skip | written.keys
     ctx.blobs.write_bytes(uri, "\n".join(sorted(keys, key=int)).encode(), "text/plain")
     now = ctx.clock()
+    rest = shard.request_count - len(written.keys)
+    share = rest / max(shard.request_count, 1)  # of the shard's estimates, for capacity and follow-ups
     return Shard(
         job_id=shard.job_id, index=-1, state=ShardState.SUCCEEDED, origin=shard.origin, parent=shard.parent,
-        item_attempt=shard.item_attempt, records_uri=shard.records_uri,
-        request_count=shard.request_count - len(written.keys), record_bytes=shard.record_bytes,
-        estimated_tokens=shard.estimated_tokens, provider=shard.provider, ledger=shard.ledger,
+        item_attempt=shard.item_attempt, records_uri=shard.records_uri, request_count=rest,
+        request_bytes=int(shard.request_bytes * share), file_bytes=int(shard.file_bytes * share),
+        record_bytes=shard.record_bytes, estimated_tokens=int(shard.estimated_tokens * share),
+        write_rows=shard.write_rows, provider=shard.provider, ledger=shard.ledger,
         priority=shard.priority, fair_key=shard.fair_key, batch_name=shard.batch_name,
         continues=shard.index if shard.continues is None else shard.continues,
         results_from=shard.results_from + written.consumed, written_keys_uri=uri,
-        succeeded=shard.request_count - len(written.keys), created_at=now, updated_at=now,
+        succeeded=rest, created_at=now, updated_at=now,
         next_poll_at=now + timedelta(minutes=ctx.settings.complete_stale_minutes),
     )
 

@@ -28,7 +28,7 @@ from shared.services.changes import point_latest, write_index_and_changes
 from shared.services.context import Context
 from shared.services.leasing import leased, save
 from shared.services.output import file_ref
-from shared.services.records import JSONL, iter_records
+from shared.services.records import JSONL, iter_records, written_keys
 
 __all__ = ["end_job", "final_state", "finalize", "finish_job", "paths_of", "publish_completion"]
 
@@ -122,7 +122,10 @@ def _write_errors(ctx: Context, shards: list[Shard], paths: JobPaths) -> FileRef
 def _final_failures(ctx: Context, shard: Shard) -> Iterator[dict[str, Any]]:
     if shard.state == ShardState.ABANDONED:
         error = shard.provider_error or ErrorInfo(code="ABANDONED", message="the batch was abandoned")
+        written = written_keys(ctx, shard)  # a continuation's records file is its root's: those written are not failed
         for _, row in iter_records(ctx, shard.records_uri):
+            if row["key"] in written:
+                continue
             yield {"id": row["id"], "key": row["key"], "code": error.code, "message": error.message,
                    "attempts": shard.item_attempt}
     elif shard.state == ShardState.WRITTEN and not shard.followed_up and shard.output and shard.output.failed_items_uri:

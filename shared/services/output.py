@@ -25,7 +25,6 @@ import base64
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -158,9 +157,8 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int, *
     done: set[str] = set()  # keys with a result, good or failed
     consumed, stopped = 0, False
     with writer:
-        results = _cached_results(ctx, shard, skip) if cached else islice(
-            ctx.provider_for(shard.provider or shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name),
-            shard.results_from, None)
+        results = _cached_results(ctx, shard, skip) if cached else ctx.provider_for(
+            shard.provider or shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name, shard.results_from)
         for result in results:
             consumed += 1
             item = records.get(result.key)

@@ -4,7 +4,8 @@
   its shard, or between moving a shard and releasing, leaves a hold no one will release. Holds older than a
   lease are checked against their shard's state (a few per tick): what the shard no longer needs is freed.
   Each verdict names the reservation it judged, so a hold re-admitted meanwhile is never freed. Bytes of
-  files the provider keeps are freed when those files expire.
+  files the provider keeps are freed when those files expire; a written shard's continuation still reading
+  its batch's results keeps them held (its chain's last link drops them).
 - Uploads without a job (`reconcile_inputs`): a finalize event can be lost to a burst (retries used up,
   dead-lettered). Each tick lists one page of the input prefix, resuming after the last name seen (the
   listing wraps around the bucket over many ticks), and submits every object uploaded between
@@ -49,7 +50,7 @@ def reconcile_ledger(ctx: Context, key: str) -> int:
     stale = now - timedelta(seconds=ctx.settings.lease_seconds)
     suspects = [h for h in ledger.holds.values() if h.since <= stale][:_CHECKS_PER_TICK]
     # The tick holds no provider credential: a written shard's results are counted until they expire.
-    verdicts = [(h, _verdict(h, ctx.jobs.get_shard(h.job_id, h.shard))) for h in suspects]
+    verdicts = [(h, _verdict(ctx, h, ctx.jobs.get_shard(h.job_id, h.shard))) for h in suspects]
     expiring = any(datetime.fromisoformat(hour) <= now for hour in ledger.kept_files)
     if not expiring and not any(v != "keep" for _, v in verdicts):
         return 0
@@ -73,7 +74,7 @@ def reconcile_ledger(ctx: Context, key: str) -> int:
     return fixed
 
 
-def _verdict(hold: Hold, shard: Shard | None) -> str:
+def _verdict(ctx: Context, hold: Hold, shard: Shard | None) -> str:
     if shard is None or shard.reservation != hold.reservation or shard.state in (ShardState.STAGED, ShardState.ABANDONED,
                                                               ShardState.SPLIT) or shard.state in SHARD_PROVIDER_ENDED:
         return "release"
@@ -81,7 +82,15 @@ def _verdict(hold: Hold, shard: Shard | None) -> str:
         return "keep"
     if shard.state == ShardState.SUCCEEDED:
         return "batch_ended" if hold.tokens or hold.batch else "keep"
+    if _continued(ctx, shard):
+        return "keep"  # a continuation still reads the batch's results; the chain's last link drops them
     return "files_expire"  # WRITTEN: the provider may keep its results until they expire
+
+
+def _continued(ctx: Context, shard: Shard) -> bool:
+    """Whether a continuation of this WRITTEN shard is still to be written (one query of the job's ready
+    shards, only for a written shard's hold older than a lease)."""
+    return any(s.continues == shard.index for s in ctx.jobs.shards(shard.job_id, states=[ShardState.SUCCEEDED.value]))
 
 
 def reconcile_inputs(ctx: Context) -> int:

@@ -14,11 +14,13 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from shared.domain.jobs import Shard
 from shared.domain.records import Record
 from shared.ports import StagedItem
 from shared.services.context import Context
 
-__all__ = ["JSONL", "RecordsWriter", "ShardTotals", "iter_records", "record_line", "staged_items", "write_subset"]
+__all__ = ["JSONL", "RecordsWriter", "ShardTotals", "iter_records", "record_line", "staged_items", "write_subset",
+           "written_keys"]
 
 JSONL = "application/jsonl"
 #: Bytes a provider's request line adds around an item's text (keys, field names, options).
@@ -98,6 +100,14 @@ def staged_items(ctx: Context, uri: str) -> Callable[[], Iterator[StagedItem]]:
             yield StagedItem(key=row["key"], text=row["text"], title=row.get("title"))
 
     return items
+
+
+def written_keys(ctx: Context, shard: Shard) -> frozenset[str]:
+    """The records keys the shards before a continuation wrote (none for any other shard)."""
+    if not shard.written_keys_uri:
+        return frozenset()
+    with ctx.blobs.open_read(shard.written_keys_uri) as stream:
+        return frozenset(stream.read().decode().split())
 
 
 def write_subset(ctx: Context, source_uri: str, dest_uri: str, keep: Callable[[dict[str, Any]], bool]) -> ShardTotals:

@@ -363,7 +363,7 @@ class _Stager:
             records_uri=self.paths.input_records(self.segment.number), request_count=totals.rows,
             request_bytes=totals.request_bytes, record_bytes=totals.record_bytes,
             file_bytes=totals.request_bytes + provider.result_bytes(totals.rows, options.output_dimensionality),
-            estimated_tokens=totals.tokens, provider=options.provider,
+            estimated_tokens=totals.tokens, provider=options.provider, write_rows=self.ctx.settings.complete_max_rows,
             ledger="" if self.held else self.capabilities.ledger_key,
             priority=options.priority, fair_key=job.staging.fair_start + job.staging.tokens,
             created_at=now, updated_at=now,
@@ -377,6 +377,7 @@ class _Stager:
             job_id=job.job_id, index=job.allocate_shard(), origin=ShardOrigin.CACHE, state=ShardState.SUCCEEDED,
             records_uri=self.paths.cache_records(self.segment.number), request_count=totals.rows,
             record_bytes=totals.record_bytes, estimated_tokens=totals.tokens, provider=options.provider,
+            write_rows=self.ctx.settings.complete_max_rows,
             priority=options.priority, succeeded=totals.rows, created_at=now, updated_at=now,
             next_poll_at=None if self.held else now + timedelta(minutes=self.ctx.settings.complete_stale_minutes),
         )

@@ -337,3 +337,50 @@ def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event
     assert len(manifests) == 1
     assert len(events.drain(2)) == 1
     assert job_doc(env, job_id, config.jobs_collection)["state"] == JobState.SUCCEEDED.value
+
+
+def test_a_batch_larger_than_one_complete_is_written_by_a_chain_whose_killed_link_reruns_whole(clean_stack, events):
+    """COMPLETE_MAX_ROWS 3: the one batch of 10 texts is written by 4 invocations (3, 3, 3, 1 rows). The
+    second one dies after its files and its keys file, before its transaction; rerun once its lease lapsed,
+    the chain ends whole: every id once, one event, one manifest listing the 4 shards' files."""
+    env = clean_stack.env
+    topic = f"complete-{uuid.uuid4().hex[:8]}"  # not routed to the complete function: this test delivers
+    publisher = pubsub_v1.PublisherClient()
+    publisher.create_topic(name=publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], topic))
+    config, submitter = manual_context(env, complete_topic=topic, complete_max_rows=3, lease_seconds=40,
+                                       gemini_timeout_seconds=5)
+    ctx = build_context(config.model_copy(update={"lease_seconds": 10}))  # complete's: a dead one's lapses soon
+    source = source_of(upload_manual(env, "chain.jsonl", jsonl_records(TEXTS[:10])))
+    job_id = job_id_for(source.bucket, source.name, source.generation)
+
+    class DiesAfterTheKeysFile(GcsBlobStore):
+        def write_bytes(self, uri, data, content_type):
+            info = super().write_bytes(uri, data, content_type)
+            if "/written-" in uri:
+                raise Crash()
+            return info
+
+    with clean_stack.ticker_paused():
+        assert submit_object(submitter.for_invocation(), source).outcome == SubmitOutcome.SUBMITTED
+        wait_until(lambda: [b.state.value for b in emulator_batches(env)] == ["BATCH_STATE_SUCCEEDED"], 60, 0.2,
+                   "the batch")
+        [root] = ctx.jobs.shards(job_id)
+        assert poll_shard(ctx.for_invocation(), root) == "handed_to_complete"
+        assert write_shard(ctx.for_invocation(), job_id, 0) == "written"
+        crashing = type(ctx)(**{**ctx.__dict__, "blobs": DiesAfterTheKeysFile(storage.Client())})
+        with pytest.raises(Crash):
+            write_shard(crashing.for_invocation(), job_id, 1)
+        await_lease_lapsed(env, job_id, shard=1, collection=config.jobs_collection)
+        outcomes = []
+        for _ in range(4):  # the rest of the chain, one link at a time, as its messages would come
+            ready = [s.index for s in ctx.jobs.shards(job_id) if s.state.value == "SUCCEEDED"]
+            outcomes += [write_shard(ctx.for_invocation(), job_id, index) for index in ready]
+        assert outcomes == ["written", "written", "written_and_finished"]
+    links = shard_docs(env, job_id, config.jobs_collection)
+    assert [(s["request_count"], s["succeeded"], s["continues"], s["results_from"]) for s in links] == [
+        (10, 3, None, 0), (7, 3, 0, 3), (4, 3, 0, 6), (1, 1, 0, 9)]
+    event = events.event_for(job_id)
+    assert event["status"] == "SUCCEEDED" and len(event["output"]["embeddings"]) == 4
+    assert sorted(read_vectors(event)) == sorted(f"doc-{i}" for i in range(10)), "no item lost or doubled"
+    assert len(events.drain(2)) == 1
+    publisher.delete_topic(topic=publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], topic))
