@@ -1,8 +1,8 @@
 """3. Complete: fetch, normalise and write 100,000 x 768 results, against numpy's normalise-and-save.
 
-One shard of 100,000 rows written by one `complete` invocation: the most one invocation can be given
-with MAX_REQUESTS_PER_BATCH at 100,000 (the default, 50,000, halves it; section 8 spreads 100k over 4
-shards and 2 instances through the stack). The Gemini emulator would need many minutes to embed 100k
+One shard of 100,000 rows written by one `complete` invocation (COMPLETE_MAX_ROWS at 100,000: the
+default, 50,000, would write it in two; section 8 spreads 100k over 4 shards and 2 instances through the
+stack). The Gemini emulator would need many minutes to embed 100k
 texts, so `complete` is fed by a provider of our own port (`LocalResultsProvider`) that streams a
 pre-generated responses file from local disk, line by line, through the same parsing as the real adapter
 (`shared.gemini.models.parse_result`, then `gemini_provider.to_item_result`); only the HTTP download is
@@ -233,7 +233,7 @@ def _complete(args: dict[str, Any]) -> dict[str, Any]:
     from shared.services import complete as complete_module
     from shared.services import output
 
-    ctx = build_context(Settings(input_prefix="manual/"))
+    ctx = build_context(Settings(input_prefix="manual/", complete_max_rows=args["rows"]))  # all in one invocation
     provider, blobs = LocalResultsProvider(args["responses"]), TimedBlobStore(ctx.blobs)
     ctx = replace(ctx, providers={provider.name: provider}, blobs=blobs).for_invocation()
     timings: dict[str, float] = {}
@@ -281,7 +281,7 @@ def run(bench: BenchRun) -> Section:
     raw = run_child(module, {"mode": "numpy", "array": str(array), "out": str(bench.workdir / "normalised.npy")})
     stages = run_child(module, {"mode": "stages", "responses": str(responses), "records_uri": records_uri,
                                 "workdir": str(bench.workdir)})
-    done = run_child(module, {"mode": "complete", "responses": str(responses), "job_id": job_id})
+    done = run_child(module, {"mode": "complete", "responses": str(responses), "job_id": job_id, "rows": n})
     bench.stack.reset()
     if done["outcome"] != "written_and_finished" or done["succeeded"] != n or done["state"] != "SUCCEEDED":
         raise RuntimeError(f"write_shard ended {done['outcome']} ({done['state']}) with {done['succeeded']} of {n} succeeded")
@@ -355,7 +355,7 @@ Where the time goes, and what is left to gain:
 - What is left is CPU in one Python process: {cpu_total:.1f} s for {n:,} rows in the stages above (parse,
   float32 rows, normalise, JSONL, Parquet), growing with the rows one invocation writes. A job's shards
   are written by separate invocations (one message per shard; the last one's transaction finishes the
-  job), so `MAX_REQUESTS_PER_BATCH` bounds the rows, and the time, of each invocation; the job's
+  job), and `COMPLETE_MAX_ROWS` bounds the rows, and the time, of each invocation; the job's
   completion time is then that of its slowest shard when enough instances run (section 8).
 - Memory ({rss:.0f} MB of {RSS_TARGET_MB}): the shard's key -> (id, title, metadata) map, one float32
   block of {BLOCK_ROWS:,} x {DIMS}, one block's JSONL bytes, and up to about two upload chunks per output

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -292,11 +293,19 @@ def test_two_pollers_at_once_hand_a_job_over_once(clean_stack, events):
     assert [s["state"] for s in shard_docs(env, job_id)] == ["WRITTEN"]
 
 
-def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event(clean_stack, events):
-    env = clean_stack.env
-    topic = f"complete-{uuid.uuid4().hex[:8]}"  # not routed to the complete function: this test delivers
+@pytest.fixture
+def private_complete_topic(clean_stack) -> Iterator[str]:
+    """A complete topic no function is subscribed to: the test delivers what is published on it."""
     publisher = pubsub_v1.PublisherClient()
-    publisher.create_topic(name=publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], topic))
+    path = publisher.topic_path(clean_stack.env["GOOGLE_CLOUD_PROJECT"], f"complete-{uuid.uuid4().hex[:8]}")
+    publisher.create_topic(name=path)
+    yield path.rsplit("/", 1)[1]
+    publisher.delete_topic(topic=path)
+
+
+def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event(clean_stack, events,
+                                                                                 private_complete_topic):
+    env, topic = clean_stack.env, private_complete_topic
     config, ctx = manual_context(env, complete_topic=topic, max_tokens_per_batch=25, lease_seconds=40,
                                  gemini_timeout_seconds=5)
     blob = upload_manual(env, "halfway.jsonl", jsonl_records(TEXTS[:10]))
@@ -339,14 +348,12 @@ def test_a_complete_killed_half_way_then_rerun_writes_one_manifest_and_one_event
     assert job_doc(env, job_id, config.jobs_collection)["state"] == JobState.SUCCEEDED.value
 
 
-def test_a_batch_larger_than_one_complete_is_written_by_a_chain_whose_killed_link_reruns_whole(clean_stack, events):
+def test_a_batch_larger_than_one_complete_is_written_by_a_chain_whose_killed_link_reruns_whole(clean_stack, events,
+                                                                                               private_complete_topic):
     """COMPLETE_MAX_ROWS 3: the one batch of 10 texts is written by 4 invocations (3, 3, 3, 1 rows). The
     second one dies after its files and its keys file, before its transaction; rerun once its lease lapsed,
     the chain ends whole: every id once, one event, one manifest listing the 4 shards' files."""
-    env = clean_stack.env
-    topic = f"complete-{uuid.uuid4().hex[:8]}"  # not routed to the complete function: this test delivers
-    publisher = pubsub_v1.PublisherClient()
-    publisher.create_topic(name=publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], topic))
+    env, topic = clean_stack.env, private_complete_topic
     config, submitter = manual_context(env, complete_topic=topic, complete_max_rows=3, lease_seconds=40,
                                        gemini_timeout_seconds=5)
     ctx = build_context(config.model_copy(update={"lease_seconds": 10}))  # complete's: a dead one's lapses soon
@@ -383,4 +390,3 @@ def test_a_batch_larger_than_one_complete_is_written_by_a_chain_whose_killed_lin
     assert event["status"] == "SUCCEEDED" and len(event["output"]["embeddings"]) == 4
     assert sorted(read_vectors(event)) == sorted(f"doc-{i}" for i in range(10)), "no item lost or doubled"
     assert len(events.drain(2)) == 1
-    publisher.delete_topic(topic=publisher.topic_path(env["GOOGLE_CLOUD_PROJECT"], topic))

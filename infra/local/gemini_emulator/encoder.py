@@ -160,9 +160,9 @@ class OnnxMiniLMEncoder(TextEncoder):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3
-        # Unless `spin`, idle intra-op threads sleep instead of spinning: as fast alone, and faster beside
-        # other busy processes (the whole local stack shares a few cores), where a spinning thread holds a
-        # core another process needs (`python -m benchmarks.emulator_load`).
+        # Unless `spin`, idle intra-op threads sleep instead of spinning: a little slower alone on the
+        # machine, faster beside other busy processes, where a spinning thread holds a core another process
+        # needs; the local stack always has such neighbours (`python -m benchmarks.emulator_load`).
         if not spin:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(
