@@ -486,8 +486,9 @@ class Shard(BaseModel):
     reused: int = 0  # items taken from the embeddings cache
     cache_writes: int = 0  # cache entries its results gave
     followed_up: bool = False  # its failed items are carried on by a follow-up shard
-    # A continuation goes on writing the results of shard `continues`'s batch where an invocation's time
-    # ran out: it skips the first `results_from` results and the records keys listed in `written_keys_uri`.
+    # A continuation goes on writing the results of shard `continues`'s batch where the shard before it
+    # stopped (its `write_rows` written): it skips the first `results_from` results and the records keys
+    # listed in `written_keys_uri`.
     continues: int | None = None
     results_from: int = 0
     written_keys_uri: str | None = None
