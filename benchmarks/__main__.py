@@ -86,8 +86,9 @@ def write_markdown(sections: list[Section], machine: dict, path: Path, plot: boo
         f"Packages: {versions}.\n",
         "Not run by `make bench`: `benchmarks/bench_ingest.py` (the readers on 1 GB inputs), "
         "`benchmarks/bench_passages.py` (the splitter's stability and the cost of resuming a read), "
-        "`benchmarks/bench_emulator.py` (the emulator against its bare encoder) and `benchmarks/bench_models.py` "
-        "(model choice); their docstrings say how to run them.\n",
+        "`benchmarks/bench_emulator.py` (the emulator against its bare encoder), `benchmarks/emulator_load.py` "
+        "(the emulator alone: one batch against eight, beside a busy neighbour or not, onnxruntime's threads "
+        "spinning or not) and `benchmarks/bench_models.py` (model choice); their docstrings say how to run them.\n",
         *([f"Not in this run: {', '.join(skipped)} (`python -m benchmarks {' '.join(skipped)}`; their last "
            "figures are in this file's history).\n"] if skipped else []),
         "## Targets\n",
