@@ -36,6 +36,7 @@ from shared.domain.jobs import ErrorInfo, FileRef, Shard, ShardOrigin, ShardOutp
 from shared.domain.paths import JobPaths
 from shared.logging import get_logger
 from shared.ports import EmbeddingCache, ItemResult
+from shared.services.batches import provider_of
 from shared.services.context import Context
 from shared.services.records import iter_records
 
@@ -157,8 +158,8 @@ def write_shard_output(ctx: Context, paths: JobPaths, shard: Shard, dims: int, *
     done: set[str] = set()  # keys with a result, good or failed
     consumed, stopped = 0, False
     with writer:
-        results = _cached_results(ctx, shard, skip) if cached else ctx.provider_for(
-            shard.provider or shard.ledger.split("~", 1)[0]).iter_results(shard.batch_name, shard.results_from)
+        results = _cached_results(ctx, shard, skip) if cached else provider_of(ctx, shard).iter_results(
+            shard.batch_name, shard.results_from)
         for result in results:
             consumed += 1
             item = records.get(result.key)
